@@ -1,0 +1,431 @@
+/*
+ * deliver.c - completion channels: how a finished request gets from the
+ * engine thread back to whoever waits for it.
+ *
+ * A channel is a mutex-protected queue of finished requests plus an eventfd.
+ * The engine appends and writes the eventfd only when the queue turns
+ * non-empty, so a waiter that is slow to win the GIL (a busy trainer thread)
+ * is woken once and then takes the whole batch: one GIL acquisition per
+ * batch, not per call.
+ *
+ * Two kinds of waiter:
+ *  - an asyncio loop: one Channel object per loop, its eventfd registered
+ *    with loop.add_reader; Channel.drain runs on the loop's own thread and
+ *    resolves the futures it finds in its map (key: the request's address).
+ *    Channels live as long as their loop; a channel whose loop has been
+ *    closed is swept when the next channel is made, so asyncio.run() per call
+ *    holds at most one stale descriptor.
+ *  - a synchronous caller (module.c): a bare ord_chan it polls itself.
+ *
+ * The rule: the fd is written only under the channel's mutex and only while
+ * closed == 0; ord_chan_close sets closed under the same mutex before it
+ * closes the fd, so the engine can never write into a reused descriptor.
+ */
+#include "ord.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+/* ---- native part (any thread) ---- */
+
+ord_chan *ord_chan_new(void)
+{
+    ord_chan *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (c->fd < 0) {
+        int e = errno;
+        free(c);
+        errno = e;
+        return NULL;
+    }
+    pthread_mutex_init(&c->mu, NULL);
+    atomic_init(&c->refs, 1);
+    return c;
+}
+
+void ord_chan_incref(ord_chan *c)
+{
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+}
+
+void ord_chan_decref(ord_chan *c)
+{
+    if (!c || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    /* Last reference: nobody can post any more. */
+    for (ord_req *r = c->head, *n; r; r = n) {
+        n = r->done_next;
+        ord_req_decref(r);
+    }
+    if (!c->closed && c->fd >= 0)
+        close(c->fd);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+void ord_chan_post(ord_chan *c, ord_req *r)
+{
+    int drop = 0;
+    r->done_next = NULL;
+    pthread_mutex_lock(&c->mu);
+    if (c->closed) {
+        drop = 1;
+    } else {
+        int was_empty = c->head == NULL;
+        if (c->tail)
+            c->tail->done_next = r;
+        else
+            c->head = r;
+        c->tail = r;
+        if (was_empty) {
+            uint64_t one = 1;
+            /* EAGAIN only when the counter is saturated: already readable. */
+            ssize_t n = write(c->fd, &one, sizeof one);
+            (void)n;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (drop)
+        ord_req_decref(r);
+}
+
+ord_req *ord_chan_take(ord_chan *c)
+{
+    uint64_t v;
+    /* Reset the counter before taking the queue: a post that lands after
+     * the take sees an empty queue and writes again. */
+    ssize_t n = read(c->fd, &v, sizeof v);
+    (void)n;
+    pthread_mutex_lock(&c->mu);
+    ord_req *head = c->head;
+    c->head = c->tail = NULL;
+    pthread_mutex_unlock(&c->mu);
+    return head;
+}
+
+void ord_chan_close(ord_chan *c)
+{
+    pthread_mutex_lock(&c->mu);
+    ord_req *head = NULL;
+    if (!c->closed) {
+        c->closed = 1;
+        close(c->fd);
+        head = c->head;
+        c->head = c->tail = NULL;
+    }
+    pthread_mutex_unlock(&c->mu);
+    for (ord_req *r = head, *n; r; r = n) {
+        n = r->done_next;
+        ord_req_decref(r);
+    }
+}
+
+/* ---- Python part (GIL held, the loop's thread) ---- */
+
+typedef struct {
+    PyObject_HEAD
+    ord_chan *chan;     /* NULL once closed or abandoned after fork */
+    PyObject *loop;
+    PyObject *futures;  /* dict: int(address of ord_req) -> Future */
+    PyObject *module;
+} ChannelObject;
+
+ord_chan *ord_channel_native(PyObject *channel)
+{
+    return ((ChannelObject *)channel)->chan;
+}
+
+int ord_channel_track(PyObject *channel, ord_req *r, PyObject *future)
+{
+    ChannelObject *ch = (ChannelObject *)channel;
+    PyObject *key = PyLong_FromVoidPtr(r);
+    if (!key)
+        return -1;
+    int rc = PyDict_SetItem(ch->futures, key, future);
+    Py_DECREF(key);
+    return rc;
+}
+
+/* Removes key from the map. *out is the request when the call was still
+ * waiting (the caller then owns the submitter's reference), else NULL. */
+int ord_channel_untrack(PyObject *channel, PyObject *key, ord_req **out)
+{
+    ChannelObject *ch = (ChannelObject *)channel;
+    *out = NULL;
+    PyObject *fut = PyDict_GetItemWithError(ch->futures, key);
+    if (!fut)
+        return PyErr_Occurred() ? -1 : 0;
+    if (PyDict_DelItem(ch->futures, key) < 0)
+        return -1;
+    *out = PyLong_AsVoidPtr(key);
+    return 0;
+}
+
+/* Resolve one future unless someone else already did (cancelled, say). */
+static void resolve(ChannelObject *ch, ord_state *st, PyObject *fut, ord_req *r)
+{
+    PyObject *done = PyObject_CallMethodNoArgs(fut, st->str_done);
+    if (!done) {
+        PyErr_WriteUnraisable(fut);
+        return;
+    }
+    int is_done = PyObject_IsTrue(done);
+    Py_DECREF(done);
+    if (is_done)
+        return;
+    int is_exc = 0;
+    PyObject *value = ord_result_object(ch->module, r, &is_exc);
+    PyObject *res = NULL;
+    if (value) {
+        res = PyObject_CallMethodOneArg(fut, is_exc ? st->str_set_exception : st->str_set_result,
+                                        value);
+        Py_DECREF(value);
+    } else {
+        /* Never leave the awaiting task hanging: hand it the error. */
+        PyObject *type, *exc, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        PyErr_NormalizeException(&type, &exc, &tb);
+        res = exc ? PyObject_CallMethodOneArg(fut, st->str_set_exception, exc) : NULL;
+        Py_XDECREF(type);
+        Py_XDECREF(exc);
+        Py_XDECREF(tb);
+    }
+    if (!res)
+        PyErr_WriteUnraisable(fut);
+    Py_XDECREF(res);
+}
+
+static PyObject *channel_drain(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    ChannelObject *ch = (ChannelObject *)self;
+    if (!ch->chan)
+        Py_RETURN_NONE;
+    ord_state *st = ord_get_state(ch->module);
+    ord_req *r = ord_chan_take(ch->chan);
+    while (r) {
+        ord_req *next = r->done_next;
+        ord_req *owned = NULL;
+        PyObject *key = PyLong_FromVoidPtr(r);
+        PyObject *fut = key ? PyDict_GetItemWithError(ch->futures, key) : NULL;
+        if (fut) {
+            Py_INCREF(fut);
+            if (PyDict_DelItem(ch->futures, key) == 0)
+                owned = r;
+            resolve(ch, st, fut, r);
+            Py_DECREF(fut);
+        }
+        if (PyErr_Occurred())
+            PyErr_WriteUnraisable(self);
+        Py_XDECREF(key);
+        if (owned)
+            ord_req_decref(owned);  /* the submitter's reference */
+        ord_req_decref(r);          /* the queue's reference */
+        r = next;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Detach from the engine: cancel what is still waiting, stop watching the
+ * fd, close it. Used by the sweep and at interpreter exit. */
+static void channel_close(ChannelObject *ch, int loop_closed)
+{
+    if (!ch->chan)
+        return;
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(ch->futures, &pos, &key, &value)) {
+        ord_req *r = PyLong_AsVoidPtr(key);
+        ord_engine_cancel(r);
+        ord_req_decref(r);
+    }
+    PyDict_Clear(ch->futures);
+    if (!loop_closed && ch->loop) {
+        ord_state *st = ord_get_state(ch->module);
+        PyObject *fd = PyLong_FromLong(ch->chan->fd);
+        PyObject *res = fd ? PyObject_CallMethodOneArg(ch->loop, st->str_remove_reader, fd) : NULL;
+        Py_XDECREF(fd);
+        if (!res)
+            PyErr_Clear(); /* the loop may be half torn down; the fd goes anyway */
+        Py_XDECREF(res);
+    }
+    ord_chan_close(ch->chan);
+    ord_chan_decref(ch->chan);
+    ch->chan = NULL;
+}
+
+static int loop_is_closed(ord_state *st, PyObject *loop)
+{
+    PyObject *res = PyObject_CallMethodNoArgs(loop, st->str_is_closed);
+    if (!res) {
+        PyErr_Clear();
+        return 1;
+    }
+    int closed = PyObject_IsTrue(res);
+    Py_DECREF(res);
+    return closed == 1;
+}
+
+static void sweep_closed_loops(PyObject *module)
+{
+    ord_state *st = ord_get_state(module);
+    PyObject *items = PyDict_Items(st->channels);
+    if (!items) {
+        PyErr_Clear();
+        return;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *pair = PyList_GET_ITEM(items, i);
+        PyObject *loop = PyTuple_GET_ITEM(pair, 0);
+        if (!loop_is_closed(st, loop))
+            continue;
+        channel_close((ChannelObject *)PyTuple_GET_ITEM(pair, 1), 1);
+        if (PyDict_DelItem(st->channels, loop) < 0)
+            PyErr_Clear();
+    }
+    Py_DECREF(items);
+}
+
+PyObject *ord_channel_for_loop(PyObject *module, PyObject *loop)
+{
+    ord_state *st = ord_get_state(module);
+    PyObject *ch = PyDict_GetItemWithError(st->channels, loop);
+    if (ch) {
+        Py_INCREF(ch);
+        return ch;
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    sweep_closed_loops(module);
+
+    ChannelObject *obj = PyObject_GC_New(ChannelObject, st->channel_type);
+    if (!obj)
+        return NULL;
+    obj->chan = NULL;
+    obj->loop = Py_NewRef(loop);
+    obj->module = Py_NewRef(module);
+    obj->futures = PyDict_New();
+    PyObject_GC_Track(obj);
+    if (!obj->futures)
+        goto error;
+    obj->chan = ord_chan_new();
+    if (!obj->chan) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto error;
+    }
+    PyObject *drain = PyObject_GetAttrString((PyObject *)obj, "drain");
+    PyObject *fd = PyLong_FromLong(obj->chan->fd);
+    PyObject *res = (drain && fd) ? PyObject_CallMethodObjArgs(loop, st->str_add_reader, fd, drain, NULL)
+                                  : NULL;
+    Py_XDECREF(drain);
+    Py_XDECREF(fd);
+    if (!res)
+        goto error;
+    Py_DECREF(res);
+    if (PyDict_SetItem(st->channels, loop, (PyObject *)obj) < 0) {
+        channel_close(obj, 0);
+        goto error;
+    }
+    return (PyObject *)obj;
+error:
+    if (obj->chan) {
+        ord_chan_close(obj->chan);
+        ord_chan_decref(obj->chan);
+        obj->chan = NULL;
+    }
+    Py_DECREF(obj);
+    return NULL;
+}
+
+/* In a forked child the parent's engine thread is gone and may have died
+ * holding a channel's mutex: never lock one. Stop watching the fds, close
+ * them, and leak the native parts. */
+void ord_channels_forget_after_fork(PyObject *module)
+{
+    ord_state *st = ord_get_state(module);
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(st->channels, &pos, &key, &value)) {
+        ChannelObject *ch = (ChannelObject *)value;
+        if (!ch->chan)
+            continue;
+        int fdnum = ch->chan->fd;
+        if (!loop_is_closed(st, key)) {
+            PyObject *fd = PyLong_FromLong(fdnum);
+            PyObject *res = fd ? PyObject_CallMethodOneArg(key, st->str_remove_reader, fd) : NULL;
+            Py_XDECREF(fd);
+            if (!res)
+                PyErr_Clear();
+            Py_XDECREF(res);
+        }
+        close(fdnum);
+        ch->chan = NULL;
+        PyDict_Clear(ch->futures);
+    }
+    PyDict_Clear(st->channels);
+}
+
+static int channel_traverse(ChannelObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->loop);
+    Py_VISIT(self->futures);
+    Py_VISIT(self->module);
+    return 0;
+}
+
+static int channel_clear(ChannelObject *self)
+{
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->futures);
+    Py_CLEAR(self->module);
+    return 0;
+}
+
+static void channel_dealloc(ChannelObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->chan) {
+        /* Requests still keyed in the map hold a submitter reference each. */
+        if (self->futures) {
+            PyObject *key, *value;
+            Py_ssize_t pos = 0;
+            while (PyDict_Next(self->futures, &pos, &key, &value)) {
+                ord_req *r = PyLong_AsVoidPtr(key);
+                ord_engine_cancel(r);
+                ord_req_decref(r);
+            }
+        }
+        ord_chan_close(self->chan);
+        ord_chan_decref(self->chan);
+        self->chan = NULL;
+    }
+    channel_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef channel_methods[] = {
+    {"drain", channel_drain, METH_NOARGS, "Resolve the futures of finished calls (loop thread)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot channel_slots[] = {
+    {Py_tp_dealloc, channel_dealloc},
+    {Py_tp_traverse, channel_traverse},
+    {Py_tp_clear, channel_clear},
+    {Py_tp_methods, channel_methods},
+    {Py_tp_doc, "A loop's completion channel (internal)."},
+    {0, NULL},
+};
+
+PyType_Spec ord_channel_spec = {
+    .name = "openrouter_direct._native.Channel",
+    .basicsize = sizeof(ChannelObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = channel_slots,
+};

@@ -1,0 +1,541 @@
+/*
+ * module.c - the Python face of the extension (openrouter_direct._native):
+ * multi-phase init, module state, and the functions the thin Python package
+ * calls once per call: submit (async), call (sync), cancel, stats.
+ *
+ * The rule: the GIL is released only around waiting (the sync call's poll and
+ * joining the engine at exit), and nothing inside those windows touches a
+ * Python object.
+ */
+#include "ord.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <unistd.h>
+
+static int g_curl_ready;             /* curl_global_init done (process-wide) */
+static pthread_mutex_t g_init_mu = PTHREAD_MUTEX_INITIALIZER;
+
+ord_state *ord_get_state(PyObject *module)
+{
+    return (ord_state *)PyModule_GetState(module);
+}
+
+static void atfork_child(void)
+{
+    ord_engine_after_fork_child();
+}
+
+/* A fork happened since this module last looked: the parent's channels
+ * belong to an engine that does not exist here. */
+static void check_fork(PyObject *module)
+{
+    ord_state *st = ord_get_state(module);
+    unsigned gen = atomic_load(&ord_fork_generation);
+    if (st->fork_gen != gen) {
+        ord_channels_forget_after_fork(module);
+        st->fork_gen = gen;
+    }
+}
+
+static PyObject *attempt_list(ord_req *r)
+{
+    int n = r->attempts < ORD_ATTEMPT_LOG ? r->attempts : ORD_ATTEMPT_LOG;
+    PyObject *list = PyList_New(n);
+    if (!list)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *t = Py_BuildValue("(lsI)", r->log[i].status,
+                                    r->log[i].curl_code ? curl_easy_strerror(r->log[i].curl_code) : "",
+                                    r->log[i].ms);
+        if (!t) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, t);
+    }
+    return list;
+}
+
+PyObject *ord_result_object(PyObject *module, ord_req *r, int *is_exception)
+{
+    ord_state *st = ord_get_state(module);
+    *is_exception = 0;
+    if (r->debug && st->attempt_hook && r->attempts > 0) {
+        PyObject *log = attempt_list(r);
+        PyObject *res = log ? PyObject_CallFunction(st->attempt_hook, "KsO", (unsigned long long)r->seq,
+                                                    r->model ? r->model : "", log)
+                            : NULL;
+        Py_XDECREF(log);
+        if (!res)
+            PyErr_WriteUnraisable(st->attempt_hook);
+        Py_XDECREF(res);
+    }
+    if (r->reason == ORD_OK)
+        return PyUnicode_DecodeUTF8(r->content ? r->content : "", (Py_ssize_t)r->content_len, "replace");
+
+    const ord_reason_info *info = ord_reason_get(r->reason);
+    const char *exc_name = info->exc_name;
+    if (!exc_name)
+        exc_name = ord_status_exc_name(r->status);
+    if (!st->fail_hook)
+        return PyUnicode_FromString("");
+    PyObject *status = r->status > 0 ? PyLong_FromLong(r->status) : Py_NewRef(Py_None);
+    if (!status)
+        return NULL;
+    PyObject *value = PyObject_CallFunction(st->fail_hook, "(sNssKiOs)", info->name, status,
+                                            r->message ? r->message : "unknown error",
+                                            r->model ? r->model : "", (unsigned long long)r->seq,
+                                            r->attempts, r->strict ? Py_True : Py_False, exc_name);
+    if (!value)
+        return NULL;
+    *is_exception = PyExceptionInstance_Check(value);
+    return value;
+}
+
+static int parse_call_args(PyObject *const *args, Py_ssize_t nargs, ord_call_args *a)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "expected 6 arguments");
+        return -1;
+    }
+    a->model = args[0];
+    a->user_prompt = args[1];
+    a->system_prompt = args[2];
+    a->messages = args[3];
+    a->kwargs = args[4] == Py_None ? NULL : args[4];
+    if (a->kwargs && !PyDict_Check(a->kwargs)) {
+        PyErr_SetString(PyExc_TypeError, "kwargs must be a dict");
+        return -1;
+    }
+    a->default_max_tokens = PyLong_AsLong(args[5]);
+    if (a->default_max_tokens == -1 && PyErr_Occurred())
+        return -1;
+    return 0;
+}
+
+static ord_req *make_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    ord_call_args a;
+    if (parse_call_args(args, nargs, &a) < 0)
+        return NULL;
+    ord_req *r = ord_build_request(&a);
+    if (!r)
+        return NULL;
+    ord_state *st = ord_get_state(module);
+    if (st->debug_enabled) {
+        PyObject *d = PyObject_CallNoArgs(st->debug_enabled);
+        if (!d) {
+            ord_req_decref(r);
+            return NULL;
+        }
+        r->debug = PyObject_IsTrue(d) == 1;
+        Py_DECREF(d);
+    }
+    return r;
+}
+
+/* Resolve a future now, with the result of a request that never reached
+ * (or was refused by) the engine. */
+static int resolve_now(PyObject *module, PyObject *fut, ord_req *r)
+{
+    ord_state *st = ord_get_state(module);
+    int is_exc;
+    PyObject *value = ord_result_object(module, r, &is_exc);
+    if (!value)
+        return -1;
+    PyObject *res = PyObject_CallMethodOneArg(fut, is_exc ? st->str_set_exception : st->str_set_result, value);
+    Py_DECREF(value);
+    if (!res)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+static void fail_refused(ord_req *r, int rc)
+{
+    if (rc == -1)
+        ord_req_fail(r, ORD_SHUTDOWN, 0, "the interpreter is exiting; the call was not sent");
+    else
+        ord_req_fail(r, ORD_CONNECTION, 0, "could not start the engine thread");
+    ord_engine_count_immediate(r);
+}
+
+/* submit(model, user_prompt, system_prompt, messages, kwargs, default_max_tokens)
+ *   -> (future, key); key is None when the future is already resolved. */
+static PyObject *mod_submit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    ord_state *st = ord_get_state(module);
+    check_fork(module);
+    PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);
+    if (!loop)
+        return NULL;
+    if (loop == Py_None) {
+        Py_DECREF(loop);
+        PyErr_SetString(PyExc_RuntimeError, "run_openrouter_async must be awaited inside a running event loop");
+        return NULL;
+    }
+    PyObject *fut = NULL, *ch = NULL, *key = NULL, *out = NULL;
+    ord_req *r = make_request(module, args, nargs);
+    if (!r)
+        goto done;
+    fut = PyObject_CallMethodNoArgs(loop, st->str_create_future);
+    if (!fut)
+        goto done;
+    if (r->reason != ORD_OK) {
+        ord_engine_count_immediate(r);
+        if (resolve_now(module, fut, r) == 0)
+            out = PyTuple_Pack(2, fut, Py_None);
+        goto done;
+    }
+    ch = ord_channel_for_loop(module, loop);
+    if (!ch)
+        goto done;
+    r->chan = ord_channel_native(ch);
+    ord_chan_incref(r->chan);
+    key = PyLong_FromVoidPtr(r);
+    if (!key || ord_channel_track(ch, r, fut) < 0)
+        goto done;
+    int rc = ord_engine_submit(r);
+    if (rc != 0) {
+        ord_req *again;
+        ord_channel_untrack(ch, key, &again);
+        fail_refused(r, rc);
+        if (resolve_now(module, fut, r) == 0)
+            out = PyTuple_Pack(2, fut, Py_None);
+        goto done;
+    }
+    r = NULL; /* the submitter's reference now lives in the channel's map */
+    out = PyTuple_Pack(2, fut, key);
+done:
+    if (r)
+        ord_req_decref(r);
+    Py_XDECREF(key);
+    Py_XDECREF(ch);
+    Py_XDECREF(fut);
+    Py_DECREF(loop);
+    return out;
+}
+
+/* cancel(key): the awaiting task was cancelled; abort the transfer. */
+static PyObject *mod_cancel(PyObject *module, PyObject *key)
+{
+    ord_state *st = ord_get_state(module);
+    if (key == Py_None)
+        Py_RETURN_NONE;
+    PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);
+    if (!loop)
+        return NULL;
+    PyObject *ch = loop != Py_None ? PyDict_GetItemWithError(st->channels, loop) : NULL;
+    Py_DECREF(loop);
+    if (!ch)
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    ord_req *r;
+    if (ord_channel_untrack(ch, key, &r) < 0)
+        return NULL;
+    if (r) {
+        ord_engine_cancel(r);
+        ord_req_decref(r);
+    }
+    Py_RETURN_NONE;
+}
+
+/* call(...same as submit...) -> str: waits with the GIL released. */
+static PyObject *mod_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    check_fork(module);
+    ord_req *r = make_request(module, args, nargs);
+    if (!r)
+        return NULL;
+    int is_exc = 0;
+    PyObject *value = NULL;
+    ord_chan *chan = NULL;
+    if (r->reason != ORD_OK) {
+        ord_engine_count_immediate(r);
+        value = ord_result_object(module, r, &is_exc);
+        goto done;
+    }
+    chan = ord_chan_new();
+    if (!chan) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    r->chan = chan;
+    ord_chan_incref(chan);
+    int rc = ord_engine_submit(r);
+    if (rc != 0) {
+        fail_refused(r, rc);
+        value = ord_result_object(module, r, &is_exc);
+        goto done;
+    }
+    ord_req *got = NULL;
+    while (!got) {
+        struct pollfd p = {.fd = chan->fd, .events = POLLIN};
+        int n;
+        Py_BEGIN_ALLOW_THREADS
+        n = poll(&p, 1, -1);
+        Py_END_ALLOW_THREADS
+        if (n < 0 && errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            ord_engine_cancel(r);
+            goto done;
+        }
+        if (n < 0) {
+            /* A signal: let Python run its handler (Ctrl-C raises here). */
+            if (PyErr_CheckSignals() < 0) {
+                ord_engine_cancel(r);
+                goto done;
+            }
+            continue;
+        }
+        got = ord_chan_take(chan);
+    }
+    value = ord_result_object(module, got, &is_exc);
+    ord_req_decref(got); /* the queue's reference; r keeps the submitter's */
+done:
+    if (chan) {
+        ord_chan_close(chan);
+        ord_chan_decref(chan);
+    }
+    ord_req_decref(r);
+    if (value && is_exc) {
+        PyErr_SetObject((PyObject *)Py_TYPE(value), value);
+        Py_DECREF(value);
+        return NULL;
+    }
+    return value;
+}
+
+static int dict_set_u64(PyObject *d, const char *k, uint64_t v)
+{
+    PyObject *o = PyLong_FromUnsignedLongLong(v);
+    int rc = o ? PyDict_SetItemString(d, k, o) : -1;
+    Py_XDECREF(o);
+    return rc;
+}
+
+static PyObject *ms_or_none(double v)
+{
+    return v < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble(v);
+}
+
+static PyObject *mod_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    (void)module;
+    ord_stats s;
+    ord_engine_snapshot(&s);
+    PyObject *d = PyDict_New(), *by = PyDict_New(), *st = PyDict_New(), *lat = NULL;
+    if (!d || !by || !st)
+        goto error;
+    if (dict_set_u64(d, "calls", s.calls) < 0 || dict_set_u64(d, "succeeded", s.succeeded) < 0 ||
+        dict_set_u64(d, "failed", s.failed) < 0 || dict_set_u64(d, "cancelled", s.cancelled) < 0 ||
+        dict_set_u64(d, "retries", s.retries) < 0 || dict_set_u64(d, "in_flight", (uint64_t)s.in_flight) < 0 ||
+        dict_set_u64(d, "queued", (uint64_t)s.queued) < 0 ||
+        dict_set_u64(d, "prompt_tokens", s.prompt_tokens) < 0 ||
+        dict_set_u64(d, "completion_tokens", s.completion_tokens) < 0 ||
+        dict_set_u64(d, "max_concurrent_calls", (uint64_t)s.limit) < 0)
+        goto error;
+    PyObject *cost = PyFloat_FromDouble(s.cost);
+    if (!cost || PyDict_SetItemString(d, "cost", cost) < 0) {
+        Py_XDECREF(cost);
+        goto error;
+    }
+    Py_DECREF(cost);
+    for (int i = 1; i < ORD_REASON_COUNT; i++)
+        if (s.by_reason[i] && i != ORD_CANCELLED && dict_set_u64(by, ord_reason_get(i)->name, s.by_reason[i]) < 0)
+            goto error;
+    for (int code = 1; code < 600; code++) {
+        if (!s.status_count[code])
+            continue;
+        PyObject *k = PyLong_FromLong(code), *v = PyLong_FromUnsignedLongLong(s.status_count[code]);
+        int rc = (k && v) ? PyDict_SetItem(st, k, v) : -1;
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        if (rc < 0)
+            goto error;
+    }
+    lat = Py_BuildValue("{sNsNsN}", "p50", ms_or_none(s.p50), "p95", ms_or_none(s.p95), "p99",
+                        ms_or_none(s.p99));
+    if (!lat || PyDict_SetItemString(d, "failed_by_reason", by) < 0 ||
+        PyDict_SetItemString(d, "http_status", st) < 0 || PyDict_SetItemString(d, "latency_ms", lat) < 0)
+        goto error;
+    Py_DECREF(by);
+    Py_DECREF(st);
+    Py_DECREF(lat);
+    return d;
+error:
+    Py_XDECREF(d);
+    Py_XDECREF(by);
+    Py_XDECREF(st);
+    Py_XDECREF(lat);
+    return NULL;
+}
+
+/* set_limit(n) -> previous limit; set_limit(None) only reads it. */
+static PyObject *mod_set_limit(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    long prev = ord_engine_get_limit();
+    if (arg != Py_None) {
+        if (!PyLong_Check(arg) || PyBool_Check(arg)) {
+            PyErr_SetString(PyExc_TypeError, "max_concurrent_calls must be an int");
+            return NULL;
+        }
+        long n = PyLong_AsLong(arg);
+        if (n == -1 && PyErr_Occurred())
+            return NULL;
+        if (n < 1) {
+            PyErr_SetString(PyExc_ValueError, "max_concurrent_calls must be at least 1");
+            return NULL;
+        }
+        ord_engine_set_limit(n);
+    }
+    return PyLong_FromLong(prev);
+}
+
+static PyObject *mod_set_hooks(PyObject *module, PyObject *args)
+{
+    ord_state *st = ord_get_state(module);
+    PyObject *fail, *attempt, *debug;
+    if (!PyArg_ParseTuple(args, "OOO", &fail, &attempt, &debug))
+        return NULL;
+    Py_XSETREF(st->fail_hook, Py_NewRef(fail));
+    Py_XSETREF(st->attempt_hook, Py_NewRef(attempt));
+    Py_XSETREF(st->debug_enabled, Py_NewRef(debug));
+    Py_RETURN_NONE;
+}
+
+/* shutdown(): fail what is in flight and stop the engine (interpreter exit). */
+static PyObject *mod_shutdown(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    (void)module;
+    Py_BEGIN_ALLOW_THREADS
+    ord_engine_shutdown();
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef mod_methods[] = {
+    {"submit", (PyCFunction)(void (*)(void))mod_submit, METH_FASTCALL,
+     "submit(model, user_prompt, system_prompt, messages, kwargs, default_max_tokens) -> (future, key)"},
+    {"call", (PyCFunction)(void (*)(void))mod_call, METH_FASTCALL,
+     "call(model, user_prompt, system_prompt, messages, kwargs, default_max_tokens) -> str"},
+    {"cancel", mod_cancel, METH_O, "cancel(key): abort the call of a cancelled task."},
+    {"stats", mod_stats, METH_NOARGS, "Process-wide counters."},
+    {"set_limit", mod_set_limit, METH_O, "set_limit(n or None) -> previous cap on calls on the wire."},
+    {"set_hooks", mod_set_hooks, METH_VARARGS, "set_hooks(fail, attempt, debug_enabled)."},
+    {"shutdown", mod_shutdown, METH_NOARGS, "Fail in-flight calls and stop the engine."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int intern(PyObject **slot, const char *s)
+{
+    *slot = PyUnicode_InternFromString(s);
+    return *slot ? 0 : -1;
+}
+
+static int mod_exec(PyObject *module)
+{
+    curl_version_info_data *vi = curl_version_info(CURLVERSION_NOW);
+    if (vi->version_num < LIBCURL_VERSION_NUM) {
+        PyErr_Format(PyExc_ImportError,
+                     "openrouter_direct was built against libcurl %s but this process loaded libcurl "
+                     "%s; install libcurl %s or newer, or rebuild the package",
+                     LIBCURL_VERSION, vi->version, LIBCURL_VERSION);
+        return -1;
+    }
+    pthread_mutex_lock(&g_init_mu);
+    if (!g_curl_ready) {
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+            pthread_mutex_unlock(&g_init_mu);
+            PyErr_SetString(PyExc_ImportError, "curl_global_init failed");
+            return -1;
+        }
+        pthread_atfork(NULL, NULL, atfork_child);
+        g_curl_ready = 1;
+    }
+    pthread_mutex_unlock(&g_init_mu);
+
+    ord_state *st = ord_get_state(module);
+    st->fork_gen = atomic_load(&ord_fork_generation);
+    st->channel_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &ord_channel_spec, NULL);
+    if (!st->channel_type)
+        return -1;
+    st->channels = PyDict_New();
+    if (!st->channels)
+        return -1;
+    PyObject *asyncio = PyImport_ImportModule("asyncio");
+    if (!asyncio)
+        return -1;
+    st->get_running_loop = PyObject_GetAttrString(asyncio, "_get_running_loop");
+    Py_DECREF(asyncio);
+    if (!st->get_running_loop)
+        return -1;
+    if (intern(&st->str_done, "done") < 0 || intern(&st->str_set_result, "set_result") < 0 ||
+        intern(&st->str_set_exception, "set_exception") < 0 || intern(&st->str_add_reader, "add_reader") < 0 ||
+        intern(&st->str_remove_reader, "remove_reader") < 0 || intern(&st->str_is_closed, "is_closed") < 0 ||
+        intern(&st->str_create_future, "create_future") < 0)
+        return -1;
+    if (PyModule_AddStringConstant(module, "curl_version", vi->version) < 0 ||
+        PyModule_AddStringConstant(module, "built_with_curl", LIBCURL_VERSION) < 0)
+        return -1;
+    return 0;
+}
+
+static int mod_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    ord_state *st = ord_get_state(module);
+    Py_VISIT(st->channel_type);
+    Py_VISIT(st->channels);
+    Py_VISIT(st->get_running_loop);
+    Py_VISIT(st->fail_hook);
+    Py_VISIT(st->attempt_hook);
+    Py_VISIT(st->debug_enabled);
+    return 0;
+}
+
+static int mod_clear(PyObject *module)
+{
+    ord_state *st = ord_get_state(module);
+    Py_CLEAR(st->channel_type);
+    Py_CLEAR(st->channels);
+    Py_CLEAR(st->get_running_loop);
+    Py_CLEAR(st->fail_hook);
+    Py_CLEAR(st->attempt_hook);
+    Py_CLEAR(st->debug_enabled);
+    Py_CLEAR(st->str_done);
+    Py_CLEAR(st->str_set_result);
+    Py_CLEAR(st->str_set_exception);
+    Py_CLEAR(st->str_add_reader);
+    Py_CLEAR(st->str_remove_reader);
+    Py_CLEAR(st->str_is_closed);
+    Py_CLEAR(st->str_create_future);
+    return 0;
+}
+
+static void mod_free(void *module)
+{
+    mod_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot mod_slots[] = {
+    {Py_mod_exec, mod_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef mod_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "openrouter_direct._native",
+    .m_doc = "libcurl + cJSON engine of openrouter_direct.",
+    .m_size = sizeof(ord_state),
+    .m_methods = mod_methods,
+    .m_slots = mod_slots,
+    .m_traverse = mod_traverse,
+    .m_clear = mod_clear,
+    .m_free = mod_free,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    return PyModuleDef_Init(&mod_def);
+}

@@ -1,0 +1,214 @@
+/*
+ * ord.h - the one internal header of openrouter_direct's extension.
+ *
+ * The data path, one file per stage:
+ *   module.c    Python glue: argument checks, submit/call/cancel/stats, module state.
+ *   request.c   Python objects -> JSON body and header list (GIL held, cJSON).
+ *   engine.c    the native engine thread: curl multi, the process-wide cap,
+ *               retries and backoff, cancellation (never touches Python).
+ *   response.c  response body -> content / error, and the failure table (no GIL).
+ *   deliver.c   completion channels: engine -> event loop or sync waiter, in batches.
+ *
+ * The rule that keeps it correct: a struct ord_req never points at a Python
+ * object. Python references live only in structures touched with the GIL held
+ * (channels' future maps, module state); the engine sees plain C memory.
+ */
+#ifndef ORD_H
+#define ORD_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <curl/curl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+/* ---- failure reasons: one table (response.c) maps each to its name, its
+ * retry decision and the strict-mode exception class. */
+typedef enum {
+    ORD_OK = 0,
+    ORD_HTTP_STATUS,      /* non-2xx HTTP status */
+    ORD_PROVIDER_ERROR,   /* HTTP 200 whose body carries an error object */
+    ORD_CONNECTION,       /* refused, reset, closed before the whole response */
+    ORD_TIMEOUT,          /* an attempt ran past its timeout */
+    ORD_INVALID_RESPONSE, /* a complete 2xx reply that is not a chat completion */
+    ORD_TOO_LARGE,        /* reply larger than OPENROUTER_MAX_RESPONSE_BYTES */
+    ORD_TLS,              /* certificate or handshake failure */
+    ORD_CONFIG,           /* no API key */
+    ORD_BAD_URL,          /* the base URL is malformed or of an unsupported scheme */
+    ORD_BAD_HEADER,       /* CR/LF in a header value */
+    ORD_SHUTDOWN,         /* interpreter exiting */
+    ORD_CANCELLED,        /* the awaiting task was cancelled */
+    ORD_REASON_COUNT
+} ord_reason;
+
+typedef struct {
+    const char *name;      /* as logged and as counted in stats()["failed_by_reason"] */
+    int retryable;         /* -1: decided by the HTTP/error code */
+    const char *exc_name;  /* strict-mode class in openrouter_direct.errors; NULL: by code */
+} ord_reason_info;
+
+const ord_reason_info *ord_reason_get(ord_reason r);
+int ord_status_retryable(long code);
+const char *ord_status_exc_name(long code);
+
+/* ---- one attempt, as kept for the DEBUG log */
+typedef struct {
+    long status;      /* HTTP status, 0 when none arrived */
+    int curl_code;    /* CURLcode of the attempt */
+    uint32_t ms;      /* wall milliseconds of the attempt */
+} ord_attempt;
+
+#define ORD_ATTEMPT_LOG 16
+
+struct ord_chan;
+
+/* Request states, owned by the engine thread. */
+enum { ORD_ST_NEW, ORD_ST_PENDING, ORD_ST_ACTIVE, ORD_ST_BACKOFF, ORD_ST_DONE };
+
+/* A call from submission to delivery. Reference counted: the submitter's
+ * reference is dropped when the result is delivered (or the call is
+ * cancelled); the engine's when it is done with it. */
+typedef struct ord_req {
+    atomic_int refs;
+    atomic_int cancelled;
+    uint64_t seq;                 /* request id shown in logs */
+    struct ord_chan *chan;        /* counted reference */
+
+    /* what to send (built by request.c, immutable once submitted) */
+    char *url;
+    char *body;
+    size_t body_len;
+    struct curl_slist *headers;
+    char *cainfo;                 /* NULL: libcurl's default bundle */
+    char *secret;                 /* the key, only to redact it from messages */
+    char *model;                  /* for log lines */
+    long timeout_ms;
+    long connect_timeout_ms;
+    int max_retries;
+    double base_delay_ms, max_delay_ms;
+    curl_off_t max_response;
+    int strict, debug;
+
+    /* engine state */
+    int state;
+    CURL *easy;
+    struct ord_req *prev, *next;  /* pending list links */
+    size_t heap_idx;              /* position in the backoff heap */
+    int64_t due_ms;               /* backoff deadline (monotonic ms) */
+    int64_t t_submit_ms, t_attempt_ms;
+    int attempts;
+    char *buf;                    /* response body of the current attempt */
+    size_t buf_len, buf_cap;
+    int too_large;
+    int64_t retry_after_ms;       /* -1: none sent */
+    int should_retry;             /* x-should-retry: -1 unset, 0/1 */
+    char errbuf[CURL_ERROR_SIZE];
+    ord_attempt log[ORD_ATTEMPT_LOG];
+
+    /* result */
+    ord_reason reason;
+    long status;                  /* last HTTP status, or error object's code */
+    char *content;                /* reply text on success (malloc) */
+    size_t content_len;
+    char *message;                /* failure description (malloc, key redacted) */
+    struct ord_req *done_next;    /* channel completion queue link */
+    struct ord_req *cancel_next;  /* engine cancel list link */
+} ord_req;
+
+ord_req *ord_req_new(void);
+void ord_req_incref(ord_req *r);
+void ord_req_decref(ord_req *r);
+/* Record a failure that happens before the request reaches the engine. */
+void ord_req_fail(ord_req *r, ord_reason reason, long status, const char *msg);
+
+/* ---- response.c: parse one finished attempt (no GIL) */
+typedef struct {
+    long prompt_tokens, completion_tokens;
+    double cost;
+    int has_usage;
+} ord_usage;
+
+/* Fills r->content or r->message/r->status and returns the reason. */
+ord_reason ord_parse_reply(ord_req *r, long http_status, ord_usage *usage);
+ord_reason ord_curl_reason(CURLcode code);
+char *ord_redact(const char *msg, const char *secret);
+
+/* ---- deliver.c: completion channels */
+typedef struct ord_chan {
+    atomic_int refs;
+    pthread_mutex_t mu;
+    int fd;                       /* eventfd: written when the queue turns non-empty */
+    int closed;                   /* under mu: posts are dropped, fd is no longer ours */
+    ord_req *head, *tail;         /* completed requests, in order */
+} ord_chan;
+
+ord_chan *ord_chan_new(void);     /* NULL with errno set */
+void ord_chan_incref(ord_chan *c);
+void ord_chan_decref(ord_chan *c);
+void ord_chan_post(ord_chan *c, ord_req *r);   /* takes the caller's reference to r */
+ord_req *ord_chan_take(ord_chan *c);           /* the whole queue; caller owns the refs */
+void ord_chan_close(ord_chan *c);              /* marks closed, closes fd, drops queued */
+
+/* ---- engine.c */
+typedef struct {
+    uint64_t calls, succeeded, failed, cancelled, retries;
+    uint64_t by_reason[ORD_REASON_COUNT];
+    uint64_t status_count[600];
+    uint64_t prompt_tokens, completion_tokens;
+    double cost;
+    long in_flight, queued;
+    long limit;
+    double p50, p95, p99;         /* ms; negative when no data */
+} ord_stats;
+
+int ord_engine_submit(ord_req *r);      /* 0, or -1 when shutting down (r untouched) */
+void ord_engine_cancel(ord_req *r);
+void ord_engine_shutdown(void);         /* call without the GIL: joins the thread */
+void ord_engine_set_limit(long n);
+long ord_engine_get_limit(void);
+void ord_engine_snapshot(ord_stats *out);
+void ord_engine_count_immediate(ord_req *r);  /* a call that failed before the engine */
+void ord_engine_after_fork_child(void);
+int64_t ord_now_ms(void);
+uint64_t ord_next_seq(void);
+
+/* ---- request.c (GIL held) */
+typedef struct {
+    PyObject *model, *user_prompt, *system_prompt, *messages, *kwargs;
+    long default_max_tokens;
+} ord_call_args;
+
+/* Builds a request from the Python call. Returns NULL with a Python
+ * exception set for programming errors (TypeError); configuration problems
+ * come back as a request already failed (r->reason != ORD_OK). */
+ord_req *ord_build_request(const ord_call_args *a);
+
+/* ---- module state (GIL held) */
+typedef struct {
+    PyTypeObject *channel_type;
+    PyObject *channels;          /* dict: event loop -> Channel */
+    PyObject *get_running_loop;  /* asyncio._get_running_loop */
+    PyObject *fail_hook;         /* callable(info tuple) -> str or exception */
+    PyObject *attempt_hook;      /* callable(seq, model, attempts) for DEBUG lines */
+    PyObject *debug_enabled;     /* callable() -> bool */
+    PyObject *str_done, *str_set_result, *str_set_exception, *str_add_reader,
+        *str_remove_reader, *str_is_closed, *str_create_future;
+    unsigned fork_gen;           /* ord_fork_generation when channels were made */
+} ord_state;
+
+ord_state *ord_get_state(PyObject *module);
+extern PyType_Spec ord_channel_spec;
+
+/* deliver.c: the channel of the running loop, made on first use. */
+PyObject *ord_channel_for_loop(PyObject *module, PyObject *loop);
+int ord_channel_track(PyObject *channel, ord_req *r, PyObject *future);
+int ord_channel_untrack(PyObject *channel, PyObject *key, ord_req **out);
+void ord_channels_forget_after_fork(PyObject *module);
+ord_chan *ord_channel_native(PyObject *channel);
+/* The Python value for a finished request: str, or an exception instance
+ * (*is_exception set) in strict mode. NULL on error. */
+PyObject *ord_result_object(PyObject *module, ord_req *r, int *is_exception);
+extern atomic_uint ord_fork_generation;
+
+#endif /* ORD_H */

@@ -1,0 +1,592 @@
+/*
+ * request.c - from a Python call to a ready-to-send request: the JSON body
+ * (cJSON), the URL and the header list. Runs with the GIL held, once per
+ * call; everything it produces is plain C memory owned by the ord_req.
+ *
+ * Programming mistakes (wrong types, values JSON cannot carry) raise
+ * TypeError here, at the call. Configuration problems (no key, CR/LF in a
+ * header) are not exceptions: they come back as a request that has already
+ * failed, so that the caller gets "" and a log line like any failed call.
+ */
+#include "ord.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define JSON_MAX_DEPTH 64
+
+/* cJSON_CreateString stops at a NUL; a Python str may hold one. Those rare
+ * strings are quoted here and inserted raw. */
+static cJSON *json_string_with_nul(const char *s, Py_ssize_t n)
+{
+    size_t cap = (size_t)n * 6 + 3;
+    char *q = malloc(cap);
+    if (!q)
+        return NULL;
+    size_t o = 0;
+    q[o++] = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            q[o++] = '\\';
+            q[o++] = (char)c;
+        } else if (c < 0x20) {
+            o += (size_t)snprintf(q + o, cap - o, "\\u%04x", c);
+        } else {
+            q[o++] = (char)c;
+        }
+    }
+    q[o++] = '"';
+    q[o] = '\0';
+    cJSON *item = cJSON_CreateRaw(q);
+    free(q);
+    return item;
+}
+
+static cJSON *to_json(PyObject *o, const char *what, int depth);
+
+static cJSON *to_json_inner(PyObject *o, const char *what, int depth)
+{
+    if (o == Py_None)
+        return cJSON_CreateNull();
+    if (o == Py_True)
+        return cJSON_CreateTrue();
+    if (o == Py_False)
+        return cJSON_CreateFalse();
+    if (PyUnicode_Check(o)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(o, &n);
+        if (!s) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s: a str that is not valid Unicode cannot be sent as JSON",
+                         what);
+            return NULL;
+        }
+        if ((size_t)n != strlen(s))
+            return json_string_with_nul(s, n);
+        return cJSON_CreateString(s);
+    }
+    if (PyLong_Check(o)) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (v == -1 && PyErr_Occurred())
+            return NULL;
+        /* Integers beyond 2**53 would lose digits as a double. */
+        if (!overflow && v <= (1LL << 53) && v >= -(1LL << 53))
+            return cJSON_CreateNumber((double)v);
+        PyObject *text = PyObject_Str(o);
+        if (!text)
+            return NULL;
+        cJSON *item = cJSON_CreateRaw(PyUnicode_AsUTF8(text));
+        Py_DECREF(text);
+        return item;
+    }
+    if (PyFloat_Check(o)) {
+        double d = PyFloat_AS_DOUBLE(o);
+        if (!isfinite(d)) {
+            PyErr_Format(PyExc_TypeError, "%s: %R is not a JSON number", what, o);
+            return NULL;
+        }
+        return cJSON_CreateNumber(d);
+    }
+    if (PyDict_Check(o)) {
+        cJSON *obj = cJSON_CreateObject();
+        if (!obj)
+            return NULL;
+        PyObject *k, *v;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(o, &pos, &k, &v)) {
+            if (!PyUnicode_Check(k)) {
+                PyErr_Format(PyExc_TypeError, "%s: JSON object keys must be str, not %.100s", what,
+                             Py_TYPE(k)->tp_name);
+                cJSON_Delete(obj);
+                return NULL;
+            }
+            const char *ks = PyUnicode_AsUTF8(k);
+            cJSON *item = ks ? to_json(v, what, depth + 1) : NULL;
+            if (!item) {
+                if (!ks) {
+                    PyErr_Clear();
+                    PyErr_Format(PyExc_TypeError, "%s: a key that is not valid Unicode", what);
+                }
+                cJSON_Delete(obj);
+                return NULL;
+            }
+            cJSON_AddItemToObject(obj, ks, item);
+        }
+        return obj;
+    }
+    if (PyList_Check(o) || PyTuple_Check(o)) {
+        cJSON *arr = cJSON_CreateArray();
+        if (!arr)
+            return NULL;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            cJSON *item = to_json(PySequence_Fast_GET_ITEM(o, i), what, depth + 1);
+            if (!item) {
+                cJSON_Delete(arr);
+                return NULL;
+            }
+            cJSON_AddItemToArray(arr, item);
+        }
+        return arr;
+    }
+    PyErr_Format(PyExc_TypeError, "%s: object of type %.100s cannot be sent as JSON", what,
+                 Py_TYPE(o)->tp_name);
+    return NULL;
+}
+
+static cJSON *to_json(PyObject *o, const char *what, int depth)
+{
+    if (depth > JSON_MAX_DEPTH) {
+        PyErr_Format(PyExc_TypeError, "%s: nested more than %d levels deep", what, JSON_MAX_DEPTH);
+        return NULL;
+    }
+    cJSON *item = to_json_inner(o, what, depth);
+    if (!item && !PyErr_Occurred())
+        PyErr_NoMemory();
+    return item;
+}
+
+/* ---- environment and kwargs ---- */
+
+static const char *env_nonempty(const char *name)
+{
+    const char *v = getenv(name);
+    return (v && *v) ? v : NULL;
+}
+
+static double env_double(const char *name, double dflt)
+{
+    const char *v = env_nonempty(name);
+    if (!v)
+        return dflt;
+    char *end;
+    double d = strtod(v, &end);
+    return (end != v && d >= 0 && isfinite(d)) ? d : dflt;
+}
+
+static int env_true(const char *name)
+{
+    const char *v = env_nonempty(name);
+    return v && (strcmp(v, "1") == 0 || strcasecmp(v, "true") == 0 || strcasecmp(v, "yes") == 0);
+}
+
+/* kwargs that LiteLLM interprets and OpenRouter must never see. */
+static const char *const interpreted[] = {
+    "num_retries", "max_retries", "timeout", "api_key", "api_base", "base_url",
+    "extra_headers", "drop_params", "fallbacks", "raise_on_error", NULL,
+};
+
+static int is_interpreted(const char *k)
+{
+    for (int i = 0; interpreted[i]; i++)
+        if (strcmp(k, interpreted[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static PyObject *kw(PyObject *kwargs, const char *name)
+{
+    if (!kwargs)
+        return NULL;
+    PyObject *v = PyDict_GetItemString(kwargs, name);
+    return v == Py_None ? NULL : v;
+}
+
+static int kw_str(PyObject *kwargs, const char *name, const char **out)
+{
+    PyObject *v = kw(kwargs, name);
+    if (!v)
+        return 0;
+    if (!PyUnicode_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a str, not %.100s", name, Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    *out = PyUnicode_AsUTF8(v);
+    return *out ? 0 : -1;
+}
+
+static int has_crlf(const char *s)
+{
+    return strpbrk(s, "\r\n") != NULL;
+}
+
+/* Appends "Name: value"; returns 0, -1 on memory, 1 on CR/LF. */
+static int add_header(struct curl_slist **list, const char *name, const char *value)
+{
+    if (has_crlf(name) || has_crlf(value))
+        return 1;
+    size_t n = strlen(name) + strlen(value) + 3;
+    char *line = malloc(n);
+    if (!line)
+        return -1;
+    snprintf(line, n, "%s: %s", name, value);
+    struct curl_slist *l = curl_slist_append(*list, line);
+    free(line);
+    if (!l)
+        return -1;
+    *list = l;
+    return 0;
+}
+
+static int overridden(PyObject *extra, const char *name)
+{
+    if (!extra)
+        return 0;
+    PyObject *k, *v;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(extra, &pos, &k, &v)) {
+        const char *ks = PyUnicode_Check(k) ? PyUnicode_AsUTF8(k) : NULL;
+        if (ks && strcasecmp(ks, name) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Returns 0, -1 (exception set), or 1 (bad header: r already failed). */
+static int build_headers(ord_req *r, const char *key, PyObject *extra)
+{
+    const char *referer = env_nonempty("OPENROUTER_REFERER");
+    const char *title = env_nonempty("OPENROUTER_TITLE");
+    struct {
+        const char *name, *value;
+    } std[] = {
+        {"HTTP-Referer", referer ? referer : "http://localhost:3000"},
+        {"X-Title", title ? title : "DR-Tulu Training"},
+        {"Content-Type", "application/json"},
+    };
+    size_t keylen = strlen(key);
+    char *auth = malloc(keylen + 8);
+    if (!auth) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    snprintf(auth, keylen + 8, "Bearer %s", key);
+    int rc = overridden(extra, "Authorization") ? 0 : add_header(&r->headers, "Authorization", auth);
+    memset(auth, 0, keylen + 8);
+    free(auth);
+    for (size_t i = 0; rc == 0 && i < sizeof std / sizeof std[0]; i++)
+        if (!overridden(extra, std[i].name))
+            rc = add_header(&r->headers, std[i].name, std[i].value);
+    if (extra) {
+        PyObject *k, *v;
+        Py_ssize_t pos = 0;
+        while (rc == 0 && PyDict_Next(extra, &pos, &k, &v)) {
+            const char *ks = PyUnicode_AsUTF8(k), *vs = PyUnicode_AsUTF8(v);
+            if (!ks || !vs)
+                return -1;
+            rc = add_header(&r->headers, ks, vs);
+        }
+    }
+    if (rc == 0) {
+        /* A large POST must not wait a round trip for "100 Continue". */
+        struct curl_slist *l = curl_slist_append(r->headers, "Expect:");
+        rc = l ? 0 : -1;
+        if (l)
+            r->headers = l;
+    }
+    if (rc < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (rc == 1)
+        ord_req_fail(r, ORD_BAD_HEADER, 0,
+                     "a header value contains CR or LF (OPENROUTER_TITLE, OPENROUTER_REFERER, the "
+                     "API key or extra_headers); the call was not sent");
+    return rc;
+}
+
+static int check_types(const ord_call_args *a, PyObject *extra, PyObject *fallbacks)
+{
+    if (!PyUnicode_Check(a->model)) {
+        PyErr_Format(PyExc_TypeError, "model_name must be a str, not %.100s", Py_TYPE(a->model)->tp_name);
+        return -1;
+    }
+    if (a->messages != Py_None) {
+        if (!PyList_Check(a->messages) && !PyTuple_Check(a->messages)) {
+            PyErr_Format(PyExc_TypeError, "messages must be a list of dicts, not %.100s",
+                         Py_TYPE(a->messages)->tp_name);
+            return -1;
+        }
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(a->messages);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *m = PySequence_Fast_GET_ITEM(a->messages, i);
+            if (!PyDict_Check(m)) {
+                PyErr_Format(PyExc_TypeError, "messages[%zd] must be a dict, not %.100s", i,
+                             Py_TYPE(m)->tp_name);
+                return -1;
+            }
+        }
+    } else {
+        if (a->user_prompt == Py_None) {
+            PyErr_SetString(PyExc_TypeError, "either user_prompt or messages is required");
+            return -1;
+        }
+        if (!PyUnicode_Check(a->user_prompt)) {
+            PyErr_Format(PyExc_TypeError, "user_prompt must be a str, not %.100s",
+                         Py_TYPE(a->user_prompt)->tp_name);
+            return -1;
+        }
+        if (a->system_prompt != Py_None && !PyUnicode_Check(a->system_prompt)) {
+            PyErr_Format(PyExc_TypeError, "system_prompt must be a str or None, not %.100s",
+                         Py_TYPE(a->system_prompt)->tp_name);
+            return -1;
+        }
+    }
+    if (extra) {
+        if (!PyDict_Check(extra)) {
+            PyErr_SetString(PyExc_TypeError, "extra_headers must be a dict of str to str");
+            return -1;
+        }
+        PyObject *k, *v;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(extra, &pos, &k, &v))
+            if (!PyUnicode_Check(k) || !PyUnicode_Check(v)) {
+                PyErr_SetString(PyExc_TypeError, "extra_headers must be a dict of str to str");
+                return -1;
+            }
+    }
+    if (fallbacks) {
+        if (!PyList_Check(fallbacks) && !PyTuple_Check(fallbacks)) {
+            PyErr_SetString(PyExc_TypeError, "fallbacks must be a list of model names");
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fallbacks); i++)
+            if (!PyUnicode_Check(PySequence_Fast_GET_ITEM(fallbacks, i))) {
+                PyErr_SetString(PyExc_TypeError, "fallbacks must be a list of model names (str)");
+                return -1;
+            }
+    }
+    return 0;
+}
+
+static int read_limits(ord_req *r, PyObject *kwargs)
+{
+    PyObject *nr = kw(kwargs, "num_retries");
+    if (!nr)
+        nr = kw(kwargs, "max_retries");
+    r->max_retries = 5;
+    if (nr) {
+        if (!PyLong_Check(nr) || PyBool_Check(nr)) {
+            PyErr_Format(PyExc_TypeError, "num_retries must be an int, not %.100s", Py_TYPE(nr)->tp_name);
+            return -1;
+        }
+        long v = PyLong_AsLong(nr);
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        r->max_retries = v < 0 ? 0 : v > 1000 ? 1000 : (int)v;
+    }
+    double timeout = env_double("LITELLM_DEFAULT_TIMEOUT", 600.0);
+    PyObject *t = kw(kwargs, "timeout");
+    if (t) {
+        if (!(PyLong_Check(t) || PyFloat_Check(t)) || PyBool_Check(t)) {
+            PyErr_Format(PyExc_TypeError, "timeout must be a number of seconds, not %.100s",
+                         Py_TYPE(t)->tp_name);
+            return -1;
+        }
+        timeout = PyFloat_AsDouble(t);
+        if (timeout == -1.0 && PyErr_Occurred())
+            return -1;
+    }
+    if (!(timeout > 0) || !isfinite(timeout))
+        timeout = 600.0;
+    r->timeout_ms = (long)ceil(timeout * 1000.0);
+    r->connect_timeout_ms = r->timeout_ms < 10000 ? r->timeout_ms : 10000;
+    r->base_delay_ms = env_double("OPENROUTER_RETRY_BASE_DELAY", 0.5) * 1000.0;
+    r->max_delay_ms = env_double("OPENROUTER_RETRY_MAX_DELAY", 8.0) * 1000.0;
+    r->max_response = (curl_off_t)env_double("OPENROUTER_MAX_RESPONSE_BYTES", 64.0 * 1024 * 1024);
+    if (r->max_response <= 0)
+        r->max_response = 64LL * 1024 * 1024;
+    PyObject *strict = kwargs ? PyDict_GetItemString(kwargs, "raise_on_error") : NULL;
+    if (strict && strict != Py_None) {
+        int s = PyObject_IsTrue(strict);
+        if (s < 0)
+            return -1;
+        r->strict = s;
+    } else {
+        r->strict = env_true("OPENROUTER_RAISE_ON_ERROR");
+    }
+    return 0;
+}
+
+static cJSON *build_messages(const ord_call_args *a)
+{
+    if (a->messages != Py_None)
+        return to_json(a->messages, "messages", 0);
+    cJSON *msgs = cJSON_CreateArray();
+    if (!msgs)
+        return NULL;
+    PyObject *prompts[2] = {a->system_prompt, a->user_prompt};
+    const char *roles[2] = {"system", "user"};
+    for (int i = 0; i < 2; i++) {
+        if (prompts[i] == Py_None)
+            continue;
+        cJSON *m = cJSON_CreateObject();
+        cJSON *content = m ? to_json(prompts[i], roles[i], 0) : NULL;
+        if (!content) {
+            cJSON_Delete(m);
+            cJSON_Delete(msgs);
+            return NULL;
+        }
+        cJSON_AddStringToObject(m, "role", roles[i]);
+        cJSON_AddItemToObject(m, "content", content);
+        cJSON_AddItemToArray(msgs, m);
+    }
+    return msgs;
+}
+
+static const char *strip_prefix(const char *model)
+{
+    /* LiteLLM's spelling: openrouter/<provider>/<model>. */
+    if (strncmp(model, "openrouter/", 11) == 0 && strchr(model + 11, '/'))
+        return model + 11;
+    return model;
+}
+
+static char *build_body(const ord_call_args *a, const char *model, PyObject *fallbacks)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *msgs = root ? build_messages(a) : NULL;
+    if (!msgs) {
+        cJSON_Delete(root);
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        return NULL;
+    }
+    cJSON_AddStringToObject(root, "model", model);
+    cJSON_AddItemToObject(root, "messages", msgs);
+    cJSON_AddNumberToObject(root, "temperature", 0);
+    cJSON_AddNumberToObject(root, "max_tokens", (double)a->default_max_tokens);
+    cJSON_AddNumberToObject(root, "top_p", 1.0);
+    cJSON_AddNumberToObject(root, "frequency_penalty", 0);
+    cJSON_AddNumberToObject(root, "presence_penalty", 0);
+    if (fallbacks && PySequence_Fast_GET_SIZE(fallbacks) > 0) {
+        cJSON *models = cJSON_CreateArray();
+        cJSON_AddItemToArray(models, cJSON_CreateString(model));
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fallbacks); i++) {
+            const char *f = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(fallbacks, i));
+            if (!f) {
+                cJSON_Delete(models);
+                cJSON_Delete(root);
+                return NULL;
+            }
+            cJSON_AddItemToArray(models, cJSON_CreateString(strip_prefix(f)));
+        }
+        cJSON_AddItemToObject(root, "models", models);
+    }
+    if (a->kwargs) {
+        PyObject *k, *v;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(a->kwargs, &pos, &k, &v)) {
+            const char *ks = PyUnicode_AsUTF8(k);
+            if (!ks) {
+                cJSON_Delete(root);
+                return NULL;
+            }
+            if (is_interpreted(ks))
+                continue;
+            /* None means "not set", as in LiteLLM: it also removes a default. */
+            if (v == Py_None) {
+                cJSON_DeleteItemFromObjectCaseSensitive(root, ks);
+                continue;
+            }
+            cJSON *item = to_json(v, ks, 0);
+            if (!item) {
+                cJSON_Delete(root);
+                return NULL;
+            }
+            if (cJSON_GetObjectItemCaseSensitive(root, ks))
+                cJSON_ReplaceItemInObjectCaseSensitive(root, ks, item);
+            else
+                cJSON_AddItemToObject(root, ks, item);
+        }
+    }
+    char *body = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!body)
+        PyErr_NoMemory();
+    return body;
+}
+
+static char *build_url(const char *base)
+{
+    size_t n = strlen(base);
+    while (n > 0 && base[n - 1] == '/')
+        n--;
+    const char *suffix = "/chat/completions";
+    char *url = malloc(n + strlen(suffix) + 1);
+    if (!url)
+        return NULL;
+    memcpy(url, base, n);
+    strcpy(url + n, suffix);
+    return url;
+}
+
+ord_req *ord_build_request(const ord_call_args *a)
+{
+    PyObject *extra = kw(a->kwargs, "extra_headers");
+    PyObject *fallbacks = kw(a->kwargs, "fallbacks");
+    if (check_types(a, extra, fallbacks) < 0)
+        return NULL;
+    const char *model_full = PyUnicode_AsUTF8(a->model);
+    if (!model_full)
+        return NULL;
+    const char *model = strip_prefix(model_full);
+
+    const char *key = NULL, *base = NULL;
+    if (kw_str(a->kwargs, "api_key", &key) < 0 || kw_str(a->kwargs, "api_base", &base) < 0 ||
+        (!base && kw_str(a->kwargs, "base_url", &base) < 0))
+        return NULL;
+    if (!key)
+        key = env_nonempty("OPENAI_API_KEY");
+    if (!key)
+        key = env_nonempty("OPENROUTER_API_KEY");
+    if (!base)
+        base = env_nonempty("OPENAI_API_BASE");
+    if (!base)
+        base = "https://openrouter.ai/api/v1";
+
+    ord_req *r = ord_req_new();
+    if (!r) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    r->model = strdup(model);
+    r->url = build_url(base);
+    const char *ca = env_nonempty("SSL_CERT_FILE");
+    if (!ca)
+        ca = env_nonempty("CURL_CA_BUNDLE");
+    if (ca)
+        r->cainfo = strdup(ca);
+    if (!r->model || !r->url || (ca && !r->cainfo)) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    if (read_limits(r, a->kwargs) < 0)
+        goto error;
+    r->body = build_body(a, model, fallbacks);
+    if (!r->body)
+        goto error;
+    r->body_len = strlen(r->body);
+
+    if (!key) {
+        ord_req_fail(r, ORD_CONFIG, 0,
+                     "no API key: set OPENAI_API_KEY or OPENROUTER_API_KEY, or pass api_key=");
+        return r;
+    }
+    r->secret = strdup(key);
+    if (!r->secret) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    if (build_headers(r, key, extra) < 0)
+        goto error;
+    return r;
+error:
+    ord_req_decref(r);
+    return NULL;
+}

@@ -1,0 +1,274 @@
+/*
+ * response.c - what a finished attempt means. Runs on the engine thread
+ * without the GIL: plain C and cJSON only.
+ *
+ * The one table below is the whole failure policy: for each reason, the name
+ * that is logged and counted, whether it is retried, and which strict-mode
+ * exception it raises. HTTP statuses (and the codes of error objects that
+ * arrive with a 200) are decided by ord_status_retryable /
+ * ord_status_exc_name, the same rule openai-python uses (408, 409, 429, 5xx).
+ */
+#include "ord.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const ord_reason_info reason_table[ORD_REASON_COUNT] = {
+    [ORD_OK] = {"ok", 0, NULL},
+    [ORD_HTTP_STATUS] = {"http_status", -1, NULL},
+    [ORD_PROVIDER_ERROR] = {"provider_error", -1, NULL},
+    [ORD_CONNECTION] = {"connection", 1, "APIConnectionError"},
+    [ORD_TIMEOUT] = {"timeout", 1, "APITimeoutError"},
+    [ORD_INVALID_RESPONSE] = {"invalid_response", 1, "OpenRouterError"},
+    /* A larger reply will be as large next time. */
+    [ORD_TOO_LARGE] = {"too_large", 0, "OpenRouterError"},
+    /* A certificate that failed verification will fail again. */
+    [ORD_TLS] = {"tls", 0, "APIConnectionError"},
+    [ORD_CONFIG] = {"config", 0, "AuthenticationError"},
+    [ORD_BAD_URL] = {"bad_url", 0, "OpenRouterError"},
+    [ORD_BAD_HEADER] = {"bad_header", 0, "OpenRouterError"},
+    [ORD_SHUTDOWN] = {"shutdown", 0, "OpenRouterError"},
+    [ORD_CANCELLED] = {"cancelled", 0, NULL},
+};
+
+const ord_reason_info *ord_reason_get(ord_reason r)
+{
+    if ((unsigned)r >= ORD_REASON_COUNT)
+        r = ORD_CONNECTION;
+    return &reason_table[r];
+}
+
+int ord_status_retryable(long code)
+{
+    return code == 408 || code == 409 || code == 429 || code >= 500;
+}
+
+const char *ord_status_exc_name(long code)
+{
+    if (code == 401)
+        return "AuthenticationError";
+    if (code == 429)
+        return "RateLimitError";
+    return "APIStatusError";
+}
+
+ord_reason ord_curl_reason(CURLcode code)
+{
+    switch (code) {
+    case CURLE_OK:
+        return ORD_OK;
+    case CURLE_OPERATION_TIMEDOUT:
+        return ORD_TIMEOUT;
+    case CURLE_FILESIZE_EXCEEDED:
+        return ORD_TOO_LARGE;
+    case CURLE_URL_MALFORMAT:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+        return ORD_BAD_URL;
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+        return ORD_TLS;
+    default:
+        /* refused, reset, resolve, partial file, recv/send errors, got
+         * nothing: the server or the path to it may well be back soon. */
+        return ORD_CONNECTION;
+    }
+}
+
+/* Replace every occurrence of secret in msg: a server or proxy may echo what
+ * it was sent, and the key must never reach a log line. */
+char *ord_redact(const char *msg, const char *secret)
+{
+    size_t slen = secret ? strlen(secret) : 0;
+    size_t mlen = strlen(msg);
+    if (slen < 4 || !strstr(msg, secret))
+        return strdup(msg);
+    char *out = malloc(mlen + 1); /* "***" is never longer than the secret */
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    for (const char *p = msg; *p;) {
+        if (strncmp(p, secret, slen) == 0) {
+            memcpy(out + o, "***", 3);
+            o += 3;
+            p += slen;
+        } else {
+            out[o++] = *p++;
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
+static void set_message(ord_req *r, const char *msg)
+{
+    free(r->message);
+    r->message = ord_redact(msg, r->secret);
+}
+
+/* A short, printable excerpt of a body that is not the JSON we expected. */
+static void set_message_excerpt(ord_req *r, const char *prefix)
+{
+    char tmp[256];
+    size_t n = r->buf_len < 120 ? r->buf_len : 120;
+    size_t o = (size_t)snprintf(tmp, sizeof tmp, "%s", prefix);
+    if (o >= sizeof tmp)
+        o = sizeof tmp - 1;
+    if (n && o + 3 < sizeof tmp) {
+        tmp[o++] = ':';
+        tmp[o++] = ' ';
+        for (size_t i = 0; i < n && o + 1 < sizeof tmp; i++) {
+            unsigned char c = (unsigned char)r->buf[i];
+            tmp[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : ' ';
+        }
+    }
+    tmp[o] = '\0';
+    set_message(r, tmp);
+}
+
+/* {"error": {"code": 502, "message": "...", "metadata": {"provider_name": ...}}}
+ * Returns 1 when obj carries an error object; sets r->status from its code
+ * (0 when it has none) and r->message. */
+static int take_error_object(ord_req *r, const cJSON *root)
+{
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(root, "error");
+    if (!err || cJSON_IsNull(err))
+        return 0;
+    long code = 0;
+    const char *msg = NULL;
+    const char *provider = NULL;
+    if (cJSON_IsObject(err)) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(err, "code");
+        if (cJSON_IsNumber(c))
+            code = (long)c->valuedouble;
+        else if (cJSON_IsString(c))
+            code = strtol(c->valuestring, NULL, 10);
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(err, "message");
+        if (cJSON_IsString(m))
+            msg = m->valuestring;
+        const cJSON *meta = cJSON_GetObjectItemCaseSensitive(err, "metadata");
+        const cJSON *pn = cJSON_GetObjectItemCaseSensitive(meta, "provider_name");
+        if (cJSON_IsString(pn))
+            provider = pn->valuestring;
+    } else if (cJSON_IsString(err)) {
+        msg = err->valuestring;
+    }
+    char tmp[1024];
+    snprintf(tmp, sizeof tmp, "%s%s%s%s", msg ? msg : "error object without a message",
+             provider ? " (provider " : "", provider ? provider : "", provider ? ")" : "");
+    set_message(r, tmp);
+    r->status = code;
+    return 1;
+}
+
+/* content may be a string, null, or a list of parts whose texts are joined. */
+static int take_content(ord_req *r, const cJSON *content)
+{
+    if (!content || cJSON_IsNull(content)) {
+        r->content = strdup("");
+        r->content_len = 0;
+        return r->content != NULL;
+    }
+    if (cJSON_IsString(content)) {
+        r->content_len = strlen(content->valuestring);
+        r->content = malloc(r->content_len + 1);
+        if (!r->content)
+            return 0;
+        memcpy(r->content, content->valuestring, r->content_len + 1);
+        return 1;
+    }
+    if (!cJSON_IsArray(content))
+        return 0;
+    size_t total = 0;
+    const cJSON *part;
+    cJSON_ArrayForEach(part, content)
+    {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
+        if (cJSON_IsString(t))
+            total += strlen(t->valuestring);
+    }
+    r->content = malloc(total + 1);
+    if (!r->content)
+        return 0;
+    size_t o = 0;
+    cJSON_ArrayForEach(part, content)
+    {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
+        if (cJSON_IsString(t)) {
+            size_t n = strlen(t->valuestring);
+            memcpy(r->content + o, t->valuestring, n);
+            o += n;
+        }
+    }
+    r->content[o] = '\0';
+    r->content_len = o;
+    return 1;
+}
+
+static void take_usage(const cJSON *root, ord_usage *u)
+{
+    const cJSON *usage = cJSON_GetObjectItemCaseSensitive(root, "usage");
+    if (!cJSON_IsObject(usage))
+        return;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens");
+    if (cJSON_IsNumber(v))
+        u->prompt_tokens = (long)v->valuedouble;
+    v = cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens");
+    if (cJSON_IsNumber(v))
+        u->completion_tokens = (long)v->valuedouble;
+    v = cJSON_GetObjectItemCaseSensitive(usage, "cost");
+    if (cJSON_IsNumber(v))
+        u->cost = v->valuedouble;
+    u->has_usage = 1;
+}
+
+ord_reason ord_parse_reply(ord_req *r, long http_status, ord_usage *usage)
+{
+    cJSON *root = r->buf_len ? cJSON_ParseWithLength(r->buf, r->buf_len) : NULL;
+    ord_reason reason;
+    r->status = http_status;
+
+    if (http_status < 200 || http_status >= 300) {
+        if (!(root && take_error_object(r, root)))
+            set_message_excerpt(r, "unexpected reply");
+        r->status = http_status; /* the HTTP status decides, not the body's code */
+        reason = ORD_HTTP_STATUS;
+        goto done;
+    }
+    if (!root) {
+        set_message_excerpt(r, r->buf_len ? "reply is not valid JSON" : "empty reply");
+        reason = ORD_INVALID_RESPONSE;
+        goto done;
+    }
+    if (take_error_object(r, root)) {
+        reason = ORD_PROVIDER_ERROR;
+        goto done;
+    }
+    const cJSON *choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
+    const cJSON *first = cJSON_GetArrayItem(choices, 0);
+    const cJSON *message = cJSON_GetObjectItemCaseSensitive(first, "message");
+    if (!cJSON_IsObject(message)) {
+        set_message_excerpt(r, "reply has no choices[0].message");
+        reason = ORD_INVALID_RESPONSE;
+        goto done;
+    }
+    if (!take_content(r, cJSON_GetObjectItemCaseSensitive(message, "content"))) {
+        free(r->content);
+        r->content = NULL;
+        set_message(r, "choices[0].message.content is neither text, null nor a list of parts");
+        reason = ORD_INVALID_RESPONSE;
+        goto done;
+    }
+    take_usage(root, usage);
+    reason = ORD_OK;
+done:
+    cJSON_Delete(root);
+    return reason;
+}
