@@ -123,6 +123,17 @@ static ord_req *make_request(PyObject *module, PyObject *const *args, Py_ssize_t
     if (!r)
         return NULL;
     ord_state *st = ord_get_state(module);
+    if (r->auto_mapped && st->model_hook) {
+        int seen = PySet_Contains(st->warned_models, a.model);
+        PyObject *res = NULL;
+        if (seen == 0 && PySet_Add(st->warned_models, a.model) == 0)
+            res = PyObject_CallFunction(st->model_hook, "Os", a.model, r->model);
+        if (seen < 0 || (seen == 0 && !res)) {
+            ord_req_decref(r);
+            return NULL;
+        }
+        Py_XDECREF(res);
+    }
     if (st->debug_enabled) {
         PyObject *d = PyObject_CallNoArgs(st->debug_enabled);
         if (!d) {
@@ -396,9 +407,10 @@ static PyObject *mod_set_limit(PyObject *module, PyObject *arg)
 static PyObject *mod_set_hooks(PyObject *module, PyObject *args)
 {
     ord_state *st = ord_get_state(module);
-    PyObject *fail, *attempt, *debug;
-    if (!PyArg_ParseTuple(args, "OOO", &fail, &attempt, &debug))
+    PyObject *fail, *attempt, *debug, *model;
+    if (!PyArg_ParseTuple(args, "OOOO", &fail, &attempt, &debug, &model))
         return NULL;
+    Py_XSETREF(st->model_hook, Py_NewRef(model));
     Py_XSETREF(st->fail_hook, Py_NewRef(fail));
     Py_XSETREF(st->attempt_hook, Py_NewRef(attempt));
     Py_XSETREF(st->debug_enabled, Py_NewRef(debug));
@@ -423,7 +435,7 @@ static PyMethodDef mod_methods[] = {
     {"cancel", mod_cancel, METH_O, "cancel(key): abort the call of a cancelled task."},
     {"stats", mod_stats, METH_NOARGS, "Process-wide counters."},
     {"set_limit", mod_set_limit, METH_O, "set_limit(n or None) -> previous cap on calls on the wire."},
-    {"set_hooks", mod_set_hooks, METH_VARARGS, "set_hooks(fail, attempt, debug_enabled)."},
+    {"set_hooks", mod_set_hooks, METH_VARARGS, "set_hooks(fail, attempt, debug_enabled, model_mapped)."},
     {"shutdown", mod_shutdown, METH_NOARGS, "Fail in-flight calls and stop the engine."},
     {NULL, NULL, 0, NULL},
 };
@@ -462,7 +474,8 @@ static int mod_exec(PyObject *module)
     if (!st->channel_type)
         return -1;
     st->channels = PyDict_New();
-    if (!st->channels)
+    st->warned_models = PySet_New(NULL);
+    if (!st->channels || !st->warned_models)
         return -1;
     PyObject *asyncio = PyImport_ImportModule("asyncio");
     if (!asyncio)
@@ -491,6 +504,8 @@ static int mod_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->fail_hook);
     Py_VISIT(st->attempt_hook);
     Py_VISIT(st->debug_enabled);
+    Py_VISIT(st->model_hook);
+    Py_VISIT(st->warned_models);
     return 0;
 }
 
@@ -503,6 +518,8 @@ static int mod_clear(PyObject *module)
     Py_CLEAR(st->fail_hook);
     Py_CLEAR(st->attempt_hook);
     Py_CLEAR(st->debug_enabled);
+    Py_CLEAR(st->model_hook);
+    Py_CLEAR(st->warned_models);
     Py_CLEAR(st->str_done);
     Py_CLEAR(st->str_set_result);
     Py_CLEAR(st->str_set_exception);

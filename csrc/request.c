@@ -447,7 +447,75 @@ static const char *strip_prefix(const char *model)
     return model;
 }
 
-static char *build_body(const ord_call_args *a, const char *model, PyObject *fallbacks)
+static int is_openrouter(const char *base)
+{
+    const char *host = strstr(base, "://");
+    host = host ? host + 3 : base;
+    size_t n = strcspn(host, ":/?#");
+    /* openrouter.ai or any subdomain of it */
+    return (n == 13 && strncasecmp(host, "openrouter.ai", 13) == 0) ||
+           (n > 13 && host[n - 14] == '.' && strncasecmp(host + n - 13, "openrouter.ai", 13) == 0);
+}
+
+/* DR-Tulu's default judges are bare OpenAI names, which OpenRouter rejects. */
+static int is_bare_openai(const char *m)
+{
+    if (strchr(m, '/'))
+        return 0;
+    return strncmp(m, "gpt-", 4) == 0 || strncmp(m, "chatgpt-", 8) == 0 || strncmp(m, "o1", 2) == 0 ||
+           strncmp(m, "o3", 2) == 0 || strncmp(m, "o4", 2) == 0;
+}
+
+/* Looks model up in OPENROUTER_MODEL_MAP ("a=b,c=d"); copies the target to out. */
+static int custom_map(const char *model, char *out, size_t outsz)
+{
+    const char *map = getenv("OPENROUTER_MODEL_MAP");
+    size_t mlen = strlen(model);
+    for (const char *p = map; p && *p;) {
+        const char *end = p + strcspn(p, ",");
+        const char *eq = memchr(p, '=', (size_t)(end - p));
+        while (p < end && *p == ' ')
+            p++;
+        if (eq) {
+            const char *k_end = eq;
+            while (k_end > p && k_end[-1] == ' ')
+                k_end--;
+            const char *v = eq + 1, *v_end = end;
+            while (v < v_end && *v == ' ')
+                v++;
+            while (v_end > v && v_end[-1] == ' ')
+                v_end--;
+            if ((size_t)(k_end - p) == mlen && strncmp(p, model, mlen) == 0 && v_end > v &&
+                (size_t)(v_end - v) < outsz) {
+                memcpy(out, v, (size_t)(v_end - v));
+                out[v_end - v] = '\0';
+                return 1;
+            }
+        }
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
+/* The model name to send. Mapping happens only towards OpenRouter itself:
+ * another server (vLLM, say) gets names exactly as given. */
+static const char *map_model(const char *name, int openrouter, char *out, size_t outsz, int *auto_mapped)
+{
+    const char *m = strip_prefix(name);
+    *auto_mapped = 0;
+    if (!openrouter)
+        return m;
+    if (custom_map(m, out, outsz))
+        return out;
+    if (is_bare_openai(m) && strlen(m) + 8 < outsz) {
+        snprintf(out, outsz, "openai/%s", m);
+        *auto_mapped = 1;
+        return out;
+    }
+    return m;
+}
+
+static char *build_body(const ord_call_args *a, const char *model, PyObject *fallbacks, int openrouter)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON *msgs = root ? build_messages(a) : NULL;
@@ -474,7 +542,9 @@ static char *build_body(const ord_call_args *a, const char *model, PyObject *fal
                 cJSON_Delete(root);
                 return NULL;
             }
-            cJSON_AddItemToArray(models, cJSON_CreateString(strip_prefix(f)));
+            char buf[512];
+            int ignored;
+            cJSON_AddItemToArray(models, cJSON_CreateString(map_model(f, openrouter, buf, sizeof buf, &ignored)));
         }
         cJSON_AddItemToObject(root, "models", models);
     }
@@ -535,7 +605,6 @@ ord_req *ord_build_request(const ord_call_args *a)
     const char *model_full = PyUnicode_AsUTF8(a->model);
     if (!model_full)
         return NULL;
-    const char *model = strip_prefix(model_full);
 
     const char *key = NULL, *base = NULL;
     if (kw_str(a->kwargs, "api_key", &key) < 0 || kw_str(a->kwargs, "api_base", &base) < 0 ||
@@ -549,6 +618,10 @@ ord_req *ord_build_request(const ord_call_args *a)
         base = env_nonempty("OPENAI_API_BASE");
     if (!base)
         base = "https://openrouter.ai/api/v1";
+    int openrouter = is_openrouter(base);
+    char mapped[512];
+    int auto_mapped;
+    const char *model = map_model(model_full, openrouter, mapped, sizeof mapped, &auto_mapped);
 
     ord_req *r = ord_req_new();
     if (!r) {
@@ -568,7 +641,8 @@ ord_req *ord_build_request(const ord_call_args *a)
     }
     if (read_limits(r, a->kwargs) < 0)
         goto error;
-    r->body = build_body(a, model, fallbacks);
+    r->auto_mapped = auto_mapped;
+    r->body = build_body(a, model, fallbacks, openrouter);
     if (!r->body)
         goto error;
     r->body_len = strlen(r->body);

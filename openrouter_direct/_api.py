@@ -79,6 +79,11 @@ def _on_attempts(request_id: int, model: str, attempts: list[tuple[int, str, int
                   status if status else (curl_error or "-"), ms)
 
 
+def _on_model_mapped(given: str, sent: str) -> None:
+    log.warning("model %r has no provider prefix; sending %r to OpenRouter "
+                "(OPENROUTER_MODEL_MAP can map it differently)", given, sent)
+
+
 def _apply_loglevel() -> None:
     level = os.environ.get("LOGLEVEL", "").strip().upper()
     if not level or not isinstance(logging.getLevelName(level), int):
@@ -91,7 +96,8 @@ def _apply_loglevel() -> None:
 
 
 _apply_loglevel()
-_native.set_hooks(_on_failure, _on_attempts, functools.partial(log.isEnabledFor, logging.DEBUG))
+_native.set_hooks(_on_failure, _on_attempts, functools.partial(log.isEnabledFor, logging.DEBUG),
+                  _on_model_mapped)
 
 # At interpreter exit, fail what is still in flight so that threads blocked in a call return
 # "" and the process ends promptly. threading's hook runs before non-daemon threads are joined.
