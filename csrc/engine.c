@@ -376,8 +376,11 @@ static void setup_easy(engine *e, CURL *h, ord_req *r)
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, r->connect_timeout_ms);
     curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, r->max_response);
     curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    /* Wait for a multiplexed HTTP/2 stream rather than open a connection. */
-    curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L);
+    /* Over TLS, ALPN tells at the handshake whether HTTP/2 multiplexing is
+     * on: wait for that rather than open a second connection. Over plain
+     * HTTP/1.1 the answer would only come with the first response, so a
+     * stalled call would hold back the next one: never wait there. */
+    curl_easy_setopt(h, CURLOPT_PIPEWAIT, strncasecmp(r->url, "https://", 8) == 0 ? 1L : 0L);
     /* A judge call can sit silent for minutes: keep NAT entries alive. */
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 30L);
