@@ -341,8 +341,11 @@ error:
 }
 
 /* In a forked child the parent's engine thread is gone and may have died
- * holding a channel's mutex: never lock one. Stop watching the fds, close
- * them, and leak the native parts. */
+ * holding a channel's mutex: never lock one. Nor may the child tell the
+ * inherited loop to stop watching the fd: the loop's epoll instance is
+ * shared with the parent, and removing the fd there would silence the
+ * parent's channel. Closing the child's copy of the fd leaves the parent's
+ * registration alone. The native parts are leaked. */
 void ord_channels_forget_after_fork(PyObject *module)
 {
     ord_state *st = ord_get_state(module);
@@ -352,16 +355,7 @@ void ord_channels_forget_after_fork(PyObject *module)
         ChannelObject *ch = (ChannelObject *)value;
         if (!ch->chan)
             continue;
-        int fdnum = ch->chan->fd;
-        if (!loop_is_closed(st, key)) {
-            PyObject *fd = PyLong_FromLong(fdnum);
-            PyObject *res = fd ? PyObject_CallMethodOneArg(key, st->str_remove_reader, fd) : NULL;
-            Py_XDECREF(fd);
-            if (!res)
-                PyErr_Clear();
-            Py_XDECREF(res);
-        }
-        close(fdnum);
+        close(ch->chan->fd);
         ch->chan = NULL;
         PyDict_Clear(ch->futures);
     }

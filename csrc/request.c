@@ -48,6 +48,27 @@ static cJSON *json_string_with_nul(const char *s, Py_ssize_t n)
 
 static cJSON *to_json(PyObject *o, const char *what, int depth);
 
+/* Object keys as json.dumps writes them: str as is; int, float, bool and
+ * None spelled as JSON (logit_bias={50256: -100} is a real use). */
+static PyObject *json_key(PyObject *k, const char *what)
+{
+    if (PyUnicode_Check(k))
+        return Py_NewRef(k);
+    if (k == Py_True)
+        return PyUnicode_FromString("true");
+    if (k == Py_False)
+        return PyUnicode_FromString("false");
+    if (k == Py_None)
+        return PyUnicode_FromString("null");
+    if (PyLong_Check(k))
+        return PyObject_Str(k);
+    if (PyFloat_Check(k) && isfinite(PyFloat_AS_DOUBLE(k)))
+        return PyObject_Repr(k);
+    PyErr_Format(PyExc_TypeError, "%s: JSON object keys must be str, int, float, bool or None, not %.100s",
+                 what, Py_TYPE(k)->tp_name);
+    return NULL;
+}
+
 static cJSON *to_json_inner(PyObject *o, const char *what, int depth)
 {
     if (o == Py_None)
@@ -99,23 +120,20 @@ static cJSON *to_json_inner(PyObject *o, const char *what, int depth)
         PyObject *k, *v;
         Py_ssize_t pos = 0;
         while (PyDict_Next(o, &pos, &k, &v)) {
-            if (!PyUnicode_Check(k)) {
-                PyErr_Format(PyExc_TypeError, "%s: JSON object keys must be str, not %.100s", what,
-                             Py_TYPE(k)->tp_name);
-                cJSON_Delete(obj);
-                return NULL;
-            }
-            const char *ks = PyUnicode_AsUTF8(k);
+            PyObject *kstr = json_key(k, what);
+            const char *ks = kstr ? PyUnicode_AsUTF8(kstr) : NULL;
             cJSON *item = ks ? to_json(v, what, depth + 1) : NULL;
             if (!item) {
-                if (!ks) {
+                if (kstr && !ks) {
                     PyErr_Clear();
                     PyErr_Format(PyExc_TypeError, "%s: a key that is not valid Unicode", what);
                 }
+                Py_XDECREF(kstr);
                 cJSON_Delete(obj);
                 return NULL;
             }
             cJSON_AddItemToObject(obj, ks, item);
+            Py_DECREF(kstr);
         }
         return obj;
     }
