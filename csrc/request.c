@@ -7,6 +7,10 @@
  * TypeError here, at the call. Configuration problems (no key, CR/LF in a
  * header) are not exceptions: they come back as a request that has already
  * failed, so that the caller gets "" and a log line like any failed call.
+ *
+ * The end of the file holds the request's lifetime: a reference count,
+ * because the submitter, the engine and a pending cancel each hold one and
+ * may let go from different threads.
  */
 #include "ord.h"
 
@@ -681,4 +685,56 @@ ord_req *ord_build_request(const ord_call_args *a)
 error:
     ord_req_decref(r);
     return NULL;
+}
+
+/* ---- request lifetime (any thread) ---- */
+
+ord_req *ord_req_new(void)
+{
+    ord_req *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    atomic_init(&r->refs, 1);
+    atomic_init(&r->cancelled, 0);
+    r->seq = ord_next_seq();
+    r->retry_after_ms = -1;
+    r->should_retry = -1;
+    return r;
+}
+
+void ord_req_incref(ord_req *r)
+{
+    atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+}
+
+void ord_req_decref(ord_req *r)
+{
+    if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    if (r->chan)
+        ord_chan_decref(r->chan);
+    free(r->url);
+    free(r->body);
+    curl_slist_free_all(r->headers);
+    free(r->cainfo);
+    if (r->secret) {
+        /* Don't leave the key lying in freed heap memory. */
+        volatile char *p = r->secret;
+        while (*p)
+            *p++ = 0;
+        free(r->secret);
+    }
+    free(r->model);
+    free(r->buf);
+    free(r->content);
+    free(r->message);
+    free(r);
+}
+
+void ord_req_fail(ord_req *r, ord_reason reason, long status, const char *msg)
+{
+    r->reason = reason;
+    r->status = status;
+    free(r->message);
+    r->message = ord_redact(msg, r->secret);
 }
