@@ -1,0 +1,660 @@
+"""A local stand-in for OpenRouter's chat-completions API, for tests and demos.
+
+FakeOpenRouter is an HTTP/1.1 server on asyncio streams.  It runs its own event
+loop in one daemon thread, so a single thread holds thousands of keep-alive
+connections.  Standard library only.
+
+What a request gets is chosen by the ``model`` field of its JSON body: a model
+that does not start with ``fake/`` (or ``fake/echo``) gets a realistic success
+reply whose content is ``"echo: " + <last message's content>``; the ``fake/...``
+models listed in ``_MODES`` below each produce one kind of fault (a status code,
+a reset, a truncated body, a stall, ...).  ``fake/flaky-<n>-<mode>`` fails the
+first <n> attempts of a call with <mode> and then succeeds; a call is known by
+the SHA-1 of its raw body, since a retry resends the identical body.
+
+The one rule that keeps it correct: everything that touches a socket runs on the
+server's loop thread; state that test threads read or reset (``requests``,
+counters, attempt counts) changes only under ``self._lock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http
+import itertools
+import json
+import logging
+import socket
+import struct
+import threading
+import time
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+
+__all__ = ["FakeOpenRouter"]
+
+_log = logging.getLogger("fake_openrouter")  # outside the package's logger tree
+
+_MAX_HEAD = 1 << 20          # request line + headers
+_MAX_BODY = 64 << 20         # request body
+_BIG_PATTERN = "0123456789abcdefghijklmnopqrstuvwxyz\n"
+
+# flaky-<n>-<mode>: the failure used for the first <n> attempts of a call.
+_FLAKY_FAILURES = ("503", "502", "500", "429", "408", "reset", "reset-midbody",
+                   "truncated", "error200", "stall")
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Request:
+    __slots__ = ("method", "path", "version", "headers", "raw", "body", "conn",
+                 "t", "keep_alive")
+
+    def __init__(self, method, path, version, headers, raw, conn):
+        self.method = method
+        self.path = path
+        self.version = version
+        self.headers = headers
+        self.raw = raw
+        self.conn = conn
+        self.t = time.monotonic()
+        try:
+            self.body = json.loads(raw) if raw else None
+        except ValueError:
+            self.body = None
+        conn_hdr = headers.get("connection", "").lower()
+        if version == "HTTP/1.0":
+            self.keep_alive = "keep-alive" in conn_hdr
+        else:
+            self.keep_alive = "close" not in conn_hdr
+
+    def record(self) -> dict:
+        return {"method": self.method, "path": self.path, "headers": self.headers,
+                "body": self.body, "raw": self.raw, "conn": self.conn, "t": self.t}
+
+
+def _error_body(code: int, message: str, metadata: Optional[dict] = None) -> bytes:
+    err: Dict[str, Any] = {"code": code, "message": message}
+    if metadata is not None:
+        err["metadata"] = metadata
+    return json.dumps({"error": err}).encode()
+
+
+def _reason_phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _head(status: int, length: Optional[int], keep_alive: bool,
+          extra: Tuple[Tuple[str, str], ...] = ()) -> bytes:
+    lines = ["HTTP/1.1 %d %s" % (status, _reason_phrase(status)),
+             "Content-Type: application/json"]
+    if length is not None:
+        lines.append("Content-Length: %d" % length)
+    lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+    for name, value in extra:
+        lines.append("%s: %s" % (name, value))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content
+                       if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _last_message_text(body: Any) -> str:
+    if not isinstance(body, dict):
+        return ""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return ""
+    last = messages[-1]
+    return _text_of(last.get("content")) if isinstance(last, dict) else ""
+
+
+def _prompt_tokens(body: Any) -> int:
+    """A deterministic token count: words plus 3 per message."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        return 0
+    n = 0
+    for m in messages:
+        if isinstance(m, dict):
+            n += 3 + len(_text_of(m.get("content")).split())
+    return n
+
+
+class FakeOpenRouter:
+    """An OpenRouter-compatible HTTP server on a background event loop."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 latency_ms: float = 0.0, ssl_context=None):
+        self.host = host
+        self.port = port
+        self.latency_ms = float(latency_ms)
+        self.ssl_context = ssl_context
+        self.requests: List[dict] = []
+        self.connections_opened = 0
+        self.max_concurrent = 0
+        self.usage_sent = {"prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0,
+                           "replies": 0}
+        self._lock = threading.Lock()
+        self._active = 0          # chat requests in progress, this generation
+        self._generation = 0      # bumped by reset(); older requests stop counting
+        self._attempts: Dict[str, int] = {}
+        self._conn_serial = itertools.count(1)
+        self._gen_serial = itertools.count(1)
+        self._conns: Dict[int, Tuple[asyncio.StreamWriter, asyncio.Task]] = {}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._ready = threading.Event()
+        self._start_error: Optional[BaseException] = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ API
+    @property
+    def base_url(self) -> str:
+        scheme = "https" if self.ssl_context is not None else "http"
+        host = self.host if ":" not in self.host else "[%s]" % self.host
+        return "%s://%s:%d/api/v1" % (scheme, host, self.port)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    @property
+    def in_progress(self) -> int:
+        """Chat requests read but not yet answered (since the last reset)."""
+        return self._active
+
+    def start(self) -> "FakeOpenRouter":
+        if self._thread is not None:
+            return self
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._thread_main,
+                                        name="FakeOpenRouter", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._start_error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._start_error
+        return self
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        self._stopping = True
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
+            fut.result(timeout=15)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=15)
+            self._thread = None
+            self._loop = None
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.connections_opened = 0
+            self.max_concurrent = 0
+            self._active = 0
+            self._generation += 1
+            self._attempts.clear()
+            self.usage_sent = {"prompt_tokens": 0, "completion_tokens": 0,
+                               "cost": 0.0, "replies": 0}
+
+    def close_connections(self) -> None:
+        """Close every open client connection (as a server closing idle ones)."""
+        loop = self._loop
+        if loop is None:
+            return
+        done = threading.Event()
+
+        def _close_all():
+            for writer, _task in list(self._conns.values()):
+                writer.transport.abort()
+            done.set()
+        loop.call_soon_threadsafe(_close_all)
+        done.wait(5)
+
+    def chat_requests(self) -> List[dict]:
+        with self._lock:
+            return [r for r in self.requests if r["path"].endswith("/chat/completions")]
+
+    def attempts_for(self, substring: str) -> int:
+        """How many chat requests had a raw body containing ``substring``."""
+        needle = substring.encode()
+        return sum(1 for r in self.chat_requests() if needle in r["raw"])
+
+    def requests_for(self, substring: str) -> List[dict]:
+        needle = substring.encode()
+        return [r for r in self.chat_requests() if needle in r["raw"]]
+
+    def __enter__(self) -> "FakeOpenRouter":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------- loop thread
+    def _thread_main(self) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        loop.set_exception_handler(self._quiet_exception_handler)
+        try:
+            loop.run_until_complete(self._open())
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            self._start_error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    @staticmethod
+    def _quiet_exception_handler(loop, context) -> None:
+        _log.debug("fake server loop: %s", context.get("message"),
+                   exc_info=context.get("exception"))
+
+    async def _open(self) -> None:
+        self._server = await asyncio.start_server(
+            self._serve_connection, self.host, self.port, ssl=self.ssl_context,
+            backlog=4096, limit=_MAX_HEAD)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        tasks = []
+        for writer, task in list(self._conns.values()):
+            writer.transport.abort()
+            task.cancel()
+            tasks.append(task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            except (asyncio.TimeoutError, OSError):
+                pass
+
+    # ------------------------------------------------------ connections
+    async def _serve_connection(self, reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+        serial = next(self._conn_serial)
+        with self._lock:
+            self.connections_opened += 1
+        self._conns[serial] = (writer, asyncio.current_task())
+        sock = writer.get_extra_info("socket")
+        if sock is not None and self.ssl_context is None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        try:
+            while not self._stopping:
+                try:
+                    req = await self._read_request(reader, writer, serial)
+                except _BadRequest as bad:
+                    body = _error_body(bad.status, bad.message)
+                    writer.write(_head(bad.status, len(body), False) + body)
+                    await writer.drain()
+                    break
+                if req is None:
+                    break
+                if not await self._dispatch(req, reader, writer):
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, OSError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # noqa: BLE001 - never let one client kill the server
+            _log.debug("fake server: error on connection %d", serial, exc_info=True)
+        finally:
+            self._conns.pop(serial, None)
+            writer.transport.abort()
+
+    async def _read_request(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter, serial: int):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return None  # clean EOF between requests (or a partial head)
+        except asyncio.LimitOverrunError:
+            raise _BadRequest(431, "request head too large")
+        lines = head[:-4].lstrip(b"\r\n").split(b"\r\n")
+        parts = lines[0].decode("latin-1").split(" ")
+        if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0") or not parts[0]:
+            raise _BadRequest(400, "malformed request line")
+        method, target, version = parts
+        headers: Dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name.strip() != name:
+                raise _BadRequest(400, "malformed header line")
+            key = name.decode("latin-1").lower()
+            val = value.strip().decode("latin-1")
+            headers[key] = headers[key] + ", " + val if key in headers else val
+        if target.startswith(("http://", "https://")):   # absolute form
+            slash = target.find("/", target.find("//") + 2)
+            target = target[slash:] if slash >= 0 else "/"
+        path = target.split("?", 1)[0]
+
+        if headers.get("expect", "").lower() == "100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        te = headers.get("transfer-encoding", "").lower()
+        if "chunked" in te:
+            raw = await self._read_chunked(reader)
+        elif "content-length" in headers:
+            cl = headers["content-length"]
+            if not cl.isdigit():
+                raise _BadRequest(400, "bad Content-Length")
+            n = int(cl)
+            if n > _MAX_BODY:
+                raise _BadRequest(413, "request body too large")
+            raw = await reader.readexactly(n) if n else b""
+        else:
+            raw = b""
+        return _Request(method, path, version, headers, raw, serial)
+
+    async def _read_chunked(self, reader: asyncio.StreamReader) -> bytes:
+        chunks = []
+        total = 0
+        while True:
+            line = await reader.readuntil(b"\r\n")
+            size_txt = line.split(b";", 1)[0].strip()
+            try:
+                size = int(size_txt, 16)
+            except ValueError:
+                raise _BadRequest(400, "bad chunk size")
+            if size == 0:
+                while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                    pass  # trailers
+                return b"".join(chunks)
+            total += size
+            if total > _MAX_BODY:
+                raise _BadRequest(413, "request body too large")
+            chunks.append(await reader.readexactly(size))
+            if await reader.readexactly(2) != b"\r\n":
+                raise _BadRequest(400, "bad chunk terminator")
+
+    # ---------------------------------------------------------- routing
+    async def _dispatch(self, req: _Request, reader, writer) -> bool:
+        """Answer one request; False means close the connection."""
+        with self._lock:
+            self.requests.append(req.record())
+        if req.path.endswith("/chat/completions") and req.method == "POST":
+            with self._lock:
+                gen = self._generation
+                self._active += 1
+                if self._active > self.max_concurrent:
+                    self.max_concurrent = self._active
+            try:
+                keep = await self._chat(req, reader, writer)
+            finally:
+                with self._lock:
+                    if gen == self._generation:
+                        self._active -= 1
+            return keep and req.keep_alive
+        if req.path.endswith("/key") and req.method == "GET":
+            auth = req.headers.get("authorization", "")
+            if auth.startswith("Bearer ") and auth[7:].strip():
+                body = json.dumps({"data": {"label": "test", "limit": None,
+                                            "usage": 0}}).encode()
+                return await self._send(req, writer, 200, body)
+            return await self._send(req, writer, 401,
+                                    _error_body(401, "No auth credentials found"))
+        return await self._send(req, writer, 404, _error_body(
+            404, "Not Found: %s %s" % (req.method, req.path)))
+
+    async def _send(self, req: _Request, writer, status: int, body: bytes,
+                    extra: Tuple[Tuple[str, str], ...] = ()) -> bool:
+        keep = req.keep_alive and not self._stopping
+        writer.write(_head(status, len(body), keep, extra) + body)
+        await writer.drain()
+        return keep
+
+    async def _chat(self, req: _Request, reader, writer) -> bool:
+        body = req.body
+        if not isinstance(body, dict):
+            return await self._send(req, writer, 400,
+                                    _error_body(400, "request body is not a JSON object"))
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return await self._send(req, writer, 400,
+                                    _error_body(400, "model is required"))
+        if not model.startswith("fake/"):
+            return await self._m_echo(req, reader, writer, "")
+        name = model[5:]
+        handler = _EXACT.get(name)
+        arg = ""
+        if handler is None:
+            for prefix, fn in _PREFIXED:
+                if name.startswith(prefix):
+                    handler, arg = fn, name[len(prefix):]
+                    break
+        if handler is None:
+            return await self._send(req, writer, 400, _error_body(
+                400, "unknown fake model %r" % model))
+        try:
+            return await handler(self, req, reader, writer, arg)
+        except ValueError:
+            return await self._send(req, writer, 400, _error_body(
+                400, "bad argument in fake model %r" % model))
+
+    # ------------------------------------------------------------ modes
+    def _completion(self, req: _Request, content: Any) -> bytes:
+        pt = _prompt_tokens(req.body)
+        ct = len(content.split()) if isinstance(content, str) else (
+            4 if content is not None else 0)
+        cost = round((pt * 1.5 + ct * 6.0) * 1e-6 + 1e-6, 9)
+        with self._lock:
+            self.usage_sent["prompt_tokens"] += pt
+            self.usage_sent["completion_tokens"] += ct
+            self.usage_sent["cost"] += cost
+            self.usage_sent["replies"] += 1
+        reply = {
+            "id": "gen-%d-%d" % (int(time.time()), next(self._gen_serial)),
+            "provider": "FakeProvider",
+            "model": req.body.get("model"),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "choices": [{
+                "logprobs": None,
+                "finish_reason": "stop",
+                "native_finish_reason": "stop",
+                "index": 0,
+                "message": {"role": "assistant", "content": content,
+                            "refusal": None, "reasoning": None},
+            }],
+            "usage": {"prompt_tokens": pt, "completion_tokens": ct,
+                      "total_tokens": pt + ct, "cost": cost,
+                      "prompt_tokens_details": {"cached_tokens": 0},
+                      "completion_tokens_details": {"reasoning_tokens": 0}},
+        }
+        return json.dumps(reply).encode()
+
+    async def _success(self, req, writer, content: Any, prefix: bytes = b"") -> bool:
+        if self.latency_ms > 0:
+            await asyncio.sleep(self.latency_ms / 1000.0)
+        return await self._send(req, writer, 200, prefix + self._completion(req, content))
+
+    async def _m_echo(self, req, reader, writer, arg) -> bool:
+        return await self._success(req, writer, "echo: " + _last_message_text(req.body))
+
+    async def _m_slow(self, req, reader, writer, arg) -> bool:
+        await asyncio.sleep(float(arg) / 1000.0)
+        return await self._m_echo(req, reader, writer, "")
+
+    async def _m_status(self, req, reader, writer, arg) -> bool:
+        code = int(arg)
+        if not 200 <= code <= 599:
+            raise ValueError(arg)
+        return await self._send(req, writer, code,
+                                _error_body(code, "fake status %d" % code))
+
+    async def _m_retry_after(self, req, reader, writer, arg) -> bool:
+        if not arg or "\r" in arg or "\n" in arg:  # seconds or an HTTP date
+            raise ValueError(arg)
+        return await self._send(req, writer, 429,
+                                _error_body(429, "Rate limit exceeded (fake)"),
+                                (("Retry-After", arg),))
+
+    async def _m_retry_after_ms(self, req, reader, writer, arg) -> bool:
+        float(arg)
+        return await self._send(req, writer, 429,
+                                _error_body(429, "Rate limit exceeded (fake)"),
+                                (("retry-after-ms", arg),))
+
+    async def _m_reset(self, req, reader, writer, arg) -> bool:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            try:  # linger 0: close() sends RST, a real "connection reset"
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        writer.transport.abort()
+        return False
+
+    async def _m_reset_midbody(self, req, reader, writer, arg) -> bool:
+        body = self._completion(req, "echo: " + _last_message_text(req.body))
+        writer.write(_head(200, len(body), True) + body[: len(body) // 2])
+        await writer.drain()
+        await asyncio.sleep(0.01)
+        writer.transport.abort()
+        return False
+
+    async def _m_truncated(self, req, reader, writer, arg) -> bool:
+        body = self._completion(req, "echo: " + _last_message_text(req.body))
+        return await self._send(req, writer, 200, body[: len(body) // 2])
+
+    async def _m_garbage(self, req, reader, writer, arg) -> bool:
+        return await self._send(req, writer, 200, b"not json at all")
+
+    async def _m_error200(self, req, reader, writer, arg) -> bool:
+        code = int(arg)
+        return await self._send(req, writer, 200, _error_body(
+            code, "provider failed", {"provider_name": "FakeProvider"}))
+
+    async def _m_null(self, req, reader, writer, arg) -> bool:
+        return await self._success(req, writer, None)
+
+    async def _m_list(self, req, reader, writer, arg) -> bool:
+        return await self._success(req, writer, [
+            {"type": "text", "text": "part one "}, {"type": "text", "text": "part two"}])
+
+    async def _m_big(self, req, reader, writer, arg) -> bool:
+        n = int(arg)
+        if n < 0:
+            raise ValueError(arg)
+        return await self._success(req, writer, big_content(n))
+
+    async def _m_whitespace(self, req, reader, writer, arg) -> bool:
+        return await self._success(req, writer, "echo: " + _last_message_text(req.body),
+                                   prefix=b"\n\n   \n")
+
+    async def _m_stall(self, req, reader, writer, arg) -> bool:
+        while True:  # until the client closes or the server stops
+            if not await reader.read(65536):
+                return False
+
+    async def _m_headers(self, req, reader, writer, arg) -> bool:
+        return await self._success(req, writer, json.dumps(req.headers))
+
+    async def _m_body(self, req, reader, writer, arg) -> bool:
+        return await self._success(req, writer, req.raw.decode("utf-8", "replace"))
+
+    async def _m_flaky(self, req, reader, writer, arg) -> bool:
+        count_txt, _, failure = arg.partition("-")
+        n = int(count_txt)
+        if failure not in _FLAKY_FAILURES:
+            raise ValueError(arg)
+        key = hashlib.sha1(req.raw).hexdigest()
+        with self._lock:
+            attempt = self._attempts.get(key, 0) + 1
+            self._attempts[key] = attempt
+        if attempt > n:
+            return await self._m_echo(req, reader, writer, "")
+        if failure.isdigit():
+            code = int(failure)
+            extra = (("Retry-After", "0"),) if code == 429 else ()
+            return await self._send(req, writer, code,
+                                    _error_body(code, "fake flaky %d" % code), extra)
+        if failure == "error200":
+            return await self._m_error200(req, reader, writer, "502")
+        return await _EXACT[failure](self, req, reader, writer, "")
+
+
+def big_content(n: int) -> str:
+    """The content ``fake/big-<n>`` replies with: n ASCII bytes."""
+    reps = n // len(_BIG_PATTERN) + 1
+    return (_BIG_PATTERN * reps)[:n]
+
+
+_Handler = Callable[..., Awaitable[bool]]
+_EXACT: Dict[str, _Handler] = {
+    "echo": FakeOpenRouter._m_echo,
+    "reset": FakeOpenRouter._m_reset,
+    "reset-midbody": FakeOpenRouter._m_reset_midbody,
+    "truncated": FakeOpenRouter._m_truncated,
+    "garbage": FakeOpenRouter._m_garbage,
+    "null": FakeOpenRouter._m_null,
+    "list": FakeOpenRouter._m_list,
+    "whitespace": FakeOpenRouter._m_whitespace,
+    "stall": FakeOpenRouter._m_stall,
+    "headers": FakeOpenRouter._m_headers,
+    "body": FakeOpenRouter._m_body,
+}
+# Longest prefixes first: "retry-after-ms-" must win over "retry-after-".
+_PREFIXED: Tuple[Tuple[str, _Handler], ...] = (
+    ("retry-after-ms-", FakeOpenRouter._m_retry_after_ms),
+    ("retry-after-", FakeOpenRouter._m_retry_after),
+    ("error200-", FakeOpenRouter._m_error200),
+    ("status-", FakeOpenRouter._m_status),
+    ("flaky-", FakeOpenRouter._m_flaky),
+    ("slow-", FakeOpenRouter._m_slow),
+    ("big-", FakeOpenRouter._m_big),
+)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Run the fake server in the foreground: python -m openrouter_direct._server"""
+    import argparse
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8089)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    with FakeOpenRouter(args.host, args.port, args.latency_ms) as server:
+        print("FakeOpenRouter listening on", server.base_url, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Process life: fork, and interpreter exit with calls still in flight.
+
+Every scenario runs in a fresh interpreter with a hard timeout, so a hang fails
+the test instead of the suite."""
+
+import time
+
+import pytest
+
+from helpers import run_py
+
+
+def test_child_after_fork_can_call_at_once_and_parent_keeps_working(server):
+    code = r'''
+import os, sys, openrouter_direct as od
+assert od.run_openrouter("fake/echo", "before-fork") == "echo: before-fork"
+pid = os.fork()
+if pid == 0:
+    try:
+        ok = od.run_openrouter("fake/echo", "in-child", timeout=10) == "echo: in-child"
+        import asyncio
+        ok = ok and asyncio.run(od.run_openrouter_async("fake/echo", "in-child-async",
+                                                        timeout=10)) == "echo: in-child-async"
+    except BaseException:
+        ok = False
+    os._exit(0 if ok else 3)
+assert od.run_openrouter("fake/echo", "in-parent", timeout=10) == "echo: in-parent"
+_, status = os.waitpid(pid, 0)
+assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+print("ok")
+'''
+    proc = run_py(code, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+    for p in ("in-child", "in-child-async", "in-parent"):
+        assert server.attempts_for(p) >= 1
+
+
+def test_fork_with_calls_in_flight_in_the_parent(server):
+    code = r'''
+import asyncio, os, threading, time, openrouter_direct as od
+results = {}
+def parent_calls():
+    async def main():
+        return await asyncio.gather(*(od.run_openrouter_async("fake/slow-400", "inflight-%d" % i,
+                                                              timeout=10) for i in range(8)))
+    results["parent"] = asyncio.run(main())
+t = threading.Thread(target=parent_calls, daemon=True)
+t.start()
+time.sleep(0.15)                     # the eight calls are on the wire now
+pid = os.fork()
+if pid == 0:
+    try:
+        ok = od.run_openrouter("fake/echo", "child-during", timeout=10) == "echo: child-during"
+        ok = ok and od.stats()["in_flight"] == 0
+    except BaseException:
+        ok = False
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+t.join(12)
+assert results.get("parent") == ["echo: inflight-%d" % i for i in range(8)], results
+assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+print("ok")
+'''
+    proc = run_py(code, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+    assert server.attempts_for("child-during") == 1
+
+
+def test_forked_child_that_never_called_before_works(server):
+    code = r'''
+import os, openrouter_direct as od
+pid = os.fork()
+if pid == 0:
+    ok = od.run_openrouter("fake/echo", "fresh-child", timeout=10) == "echo: fresh-child"
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+assert os.WEXITSTATUS(status) == 0
+assert od.run_openrouter("fake/echo", "fresh-parent", timeout=10) == "echo: fresh-parent"
+print("ok")
+'''
+    proc = run_py(code, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_multiprocessing_fork_pool_workers_can_call(server):
+    code = r'''
+import multiprocessing as mp, openrouter_direct as od
+def work(i):
+    return od.run_openrouter("fake/echo", "pool-%d" % i, timeout=10)
+if __name__ == "__main__":
+    assert od.run_openrouter("fake/echo", "pool-warm") == "echo: pool-warm"
+    with mp.get_context("fork").Pool(3) as pool:
+        out = pool.map(work, range(12))
+    assert out == ["echo: pool-%d" % i for i in range(12)], out
+    print("ok")
+'''
+    proc = run_py(code, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+EXIT_ASYNC = r'''
+import asyncio, threading, openrouter_direct as od
+def runner():
+    async def main():
+        await asyncio.gather(*(od.run_openrouter_async("fake/stall", "exit-async-%d" % i)
+                               for i in range(50)))
+    asyncio.run(main())
+threading.Thread(target=runner, daemon=DAEMON).start()
+import time
+time.sleep(0.5)
+print("main done", flush=True)
+'''
+
+
+@pytest.mark.parametrize("daemon", [True, False], ids=["daemon", "non_daemon"])
+def test_interpreter_exits_promptly_with_async_calls_stalled(server, daemon):
+    t0 = time.monotonic()
+    proc = run_py(EXIT_ASYNC.replace("DAEMON", str(daemon)), timeout=30)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert "main done" in proc.stdout
+    assert elapsed < 6, elapsed
+    assert "Fatal Python error" not in proc.stderr
+    assert server.attempts_for("exit-async-") >= 1  # calls really were on the wire
+
+
+EXIT_SYNC = r'''
+import threading, openrouter_direct as od
+def runner():
+    od.run_openrouter("fake/stall", "exit-sync")
+threading.Thread(target=runner, daemon=DAEMON).start()
+import time
+time.sleep(0.5)
+print("main done", flush=True)
+'''
+
+
+@pytest.mark.parametrize("daemon", [False, True], ids=["non_daemon", "daemon"])
+def test_interpreter_exits_promptly_with_sync_call_stalled(server, daemon):
+    t0 = time.monotonic()
+    proc = run_py(EXIT_SYNC.replace("DAEMON", str(daemon)), timeout=30)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert "main done" in proc.stdout
+    assert elapsed < 6, elapsed
+    assert "Fatal Python error" not in proc.stderr
+    assert server.attempts_for("exit-sync") == 1
+
+
+def test_interpreter_exits_cleanly_right_after_calls(server):
+    code = r'''
+import asyncio, openrouter_direct as od
+async def main():
+    return await asyncio.gather(*(od.run_openrouter_async("fake/echo", "quick-%d" % i)
+                                  for i in range(30)))
+assert len(asyncio.run(main())) == 30
+'''
+    t0 = time.monotonic()
+    proc = run_py(code, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert time.monotonic() - t0 < 5
+
+
+def test_import_is_fast_and_starts_no_threads(server):
+    code = r'''
+import threading, time
+t0 = time.perf_counter()
+import openrouter_direct
+print(time.perf_counter() - t0, threading.active_count())
+'''
+    proc = run_py(code, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    seconds, threads = proc.stdout.split()
+    assert float(seconds) < 0.5
+    assert int(threads) == 1
+
+
+def test_ctrl_c_interrupts_a_blocked_sync_call(server):
+    code = r'''
+import os, signal, threading, time, openrouter_direct as od
+threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+t0 = time.monotonic()
+try:
+    od.run_openrouter("fake/stall", "ctrl-c", timeout=20)
+    print("returned")
+except KeyboardInterrupt:
+    print("interrupted %.2f" % (time.monotonic() - t0))
+deadline = time.monotonic() + 1
+while od.stats()["in_flight"] and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("in_flight", od.stats()["in_flight"])
+'''
+    proc = run_py(code, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.splitlines()
+    assert first.startswith("interrupted"), proc.stdout
+    assert float(first.split()[1]) < 1.0
+    assert second == "in_flight 0"
+
+
+def test_closing_a_loop_with_calls_in_flight_is_harmless(server):
+    """Replies for a loop that was closed meanwhile are dropped, not delivered."""
+    code = r'''
+import asyncio, gc, time, openrouter_direct as od
+loop = asyncio.new_event_loop()
+tasks = [loop.create_task(od.run_openrouter_async("fake/slow-200", "closed-%d" % i))
+         for i in range(5)]
+loop.run_until_complete(asyncio.sleep(0.05))
+loop.close()
+time.sleep(0.5)                      # the five replies arrive after the close
+s = od.stats()
+assert s["in_flight"] == 0 and s["queued"] == 0, s
+del tasks
+gc.collect()
+assert asyncio.run(od.run_openrouter_async("fake/echo", "after-close")) == "echo: after-close"
+assert od.run_openrouter("fake/echo", "after-close-sync") == "echo: after-close-sync"
+print("ok")
+'''
+    proc = run_py(code, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+    assert "Fatal" not in proc.stderr and "Segmentation" not in proc.stderr

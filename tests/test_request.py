@@ -1,0 +1,324 @@
+"""What goes on the wire: URL, body defaults and pass-through, headers, configuration."""
+
+import json
+
+import pytest
+
+from helpers import arun, bounded, uniq
+
+DEFAULT_KEYS = {"model", "messages", "temperature", "top_p", "frequency_penalty",
+                "presence_penalty", "max_tokens"}
+
+
+def only_request(server, prompt):
+    reqs = server.requests_for(prompt)
+    assert len(reqs) == 1, reqs
+    return reqs[0]
+
+
+def test_async_call_sends_documented_defaults_and_nothing_else(od, server):
+    prompt = uniq()
+    assert arun(od.run_openrouter_async("fake/echo", prompt)) == "echo: " + prompt
+    req = only_request(server, prompt)
+    assert req["method"] == "POST"
+    assert req["path"] == "/api/v1/chat/completions"
+    body = req["body"]
+    assert set(body) == DEFAULT_KEYS
+    assert body["model"] == "fake/echo"
+    assert body["messages"] == [{"role": "user", "content": prompt}]
+    assert body["temperature"] == 0
+    assert body["top_p"] == 1.0
+    assert body["frequency_penalty"] == 0
+    assert body["presence_penalty"] == 0
+    assert body["max_tokens"] == 16384
+
+
+def test_sync_call_defaults_max_tokens_to_800(od, server):
+    prompt = uniq()
+    assert bounded(od.run_openrouter, "fake/echo", prompt) == "echo: " + prompt
+    body = only_request(server, prompt)["body"]
+    assert set(body) == DEFAULT_KEYS
+    assert body["max_tokens"] == 800
+    assert body["temperature"] == 0 and body["top_p"] == 1.0
+
+
+def test_sync_call_accepts_positional_model_prompt_and_none_system(od, server):
+    prompt = uniq()
+    assert bounded(od.run_openrouter, "fake/echo", prompt, None) == "echo: " + prompt
+    assert only_request(server, prompt)["body"]["messages"] == [
+        {"role": "user", "content": prompt}]
+
+
+def test_call_aliases_are_the_same_functions(od):
+    assert od.call_openrouter_async is od.run_openrouter_async
+    assert od.call_openrouter is od.run_openrouter
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+def test_sampling_kwargs_override_defaults(od, server, sync):
+    prompt = uniq()
+    kw = dict(temperature=0.7, top_p=0.5, max_tokens=33, frequency_penalty=0.25,
+              presence_penalty=-0.5)
+    if sync:
+        out = bounded(od.run_openrouter, "fake/echo", prompt, **kw)
+    else:
+        out = arun(od.run_openrouter_async("fake/echo", prompt, **kw))
+    assert out == "echo: " + prompt
+    body = only_request(server, prompt)["body"]
+    for k, v in kw.items():
+        assert body[k] == v, k
+
+
+def test_extra_kwargs_pass_through_unchanged(od, server):
+    prompt = uniq()
+    extras = {
+        "response_format": {"type": "json_schema", "json_schema": {
+            "name": "score", "strict": True,
+            "schema": {"type": "object", "properties": {"score": {"type": "number"}}}}},
+        "stop": ["\n\n", "END"],
+        "seed": 1234,
+        "provider": {"order": ["OpenAI", "Azure"], "allow_fallbacks": False},
+        "reasoning": {"effort": "high", "exclude": True},
+        "tools": [{"type": "function", "function": {
+            "name": "lookup", "description": "Look up — “quoted” ünïcode",
+            "parameters": {"type": "object", "properties": {}}}}],
+        "tool_choice": "auto",
+        "logit_bias": {"50256": -100},
+        "user": "user-42",
+        "transforms": [],
+        "min_p": 0.1,
+        "repetition_penalty": 1.05,
+        "nested": {"a": [1, 2.5, None, True, False, "x"], "b": {}},
+    }
+    assert arun(od.run_openrouter_async("fake/echo", prompt, **extras)) == "echo: " + prompt
+    body = only_request(server, prompt)["body"]
+    for k, v in extras.items():
+        assert body[k] == v, k
+
+
+def test_big_integers_booleans_and_tuples_pass_through_exactly(od, server):
+    prompt = uniq()
+    arun(od.run_openrouter_async("fake/echo", prompt, seed=2**62 + 1, logprobs=True,
+                                 top_logprobs=0, stop=("a", "b"),
+                                 extra={"big": 2**70, "neg": -3, "f": 1e300, "pi": 0.1}))
+    body = only_request(server, prompt)["body"]
+    assert body["seed"] == 2**62 + 1 and body["logprobs"] is True and body["top_logprobs"] == 0
+    assert body["stop"] == ["a", "b"]
+    assert body["extra"] == {"big": 2**70, "neg": -3, "f": 1e300, "pi": 0.1}
+
+
+def test_int_dict_keys_are_sent_as_strings_like_json_dumps(od, server):
+    """OpenAI-style logit_bias is often written with int token ids as keys."""
+    prompt = uniq()
+    out = arun(od.run_openrouter_async("fake/echo", prompt, logit_bias={50256: -100}))
+    assert out == "echo: " + prompt
+    assert only_request(server, prompt)["body"]["logit_bias"] == {"50256": -100}
+
+
+def test_control_kwargs_are_never_sent_in_the_body(od, server, api_key):
+    prompt = uniq()
+    out = arun(od.run_openrouter_async(
+        "fake/echo", prompt, num_retries=1, timeout=10, api_key=api_key,
+        api_base=server.base_url, extra_headers={"X-Test": "1"}, drop_params=True,
+        raise_on_error=False))
+    assert out == "echo: " + prompt
+    body = only_request(server, prompt)["body"]
+    assert set(body) == DEFAULT_KEYS
+
+
+def test_base_url_kwarg_is_not_sent_and_sets_the_endpoint(od, server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_BASE", "http://127.0.0.1:9/nowhere")
+    prompt = uniq()
+    out = arun(od.run_openrouter_async("fake/echo", prompt, base_url=server.base_url,
+                                       num_retries=0))
+    assert out == "echo: " + prompt
+    assert set(only_request(server, prompt)["body"]) == DEFAULT_KEYS
+
+
+def test_api_base_kwarg_overrides_env(od, server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_BASE", "http://127.0.0.1:9/nowhere")
+    prompt = uniq()
+    out = arun(od.run_openrouter_async("fake/echo", prompt, api_base=server.base_url,
+                                       num_retries=0))
+    assert out == "echo: " + prompt
+
+
+def test_api_base_path_prefix_is_kept(od, server):
+    prompt = uniq()
+    base = "http://127.0.0.1:%d/custom/prefix/v9" % server.port
+    assert arun(od.run_openrouter_async("fake/echo", prompt, api_base=base)) == "echo: " + prompt
+    assert only_request(server, prompt)["path"] == "/custom/prefix/v9/chat/completions"
+
+
+def test_fallbacks_become_models_list_after_the_model(od, server):
+    prompt = uniq()
+    out = arun(od.run_openrouter_async("fake/echo", prompt,
+                                       fallbacks=["openai/gpt-4.1-mini", "anthropic/claude"]))
+    assert out == "echo: " + prompt
+    body = only_request(server, prompt)["body"]
+    assert body["models"] == ["fake/echo", "openai/gpt-4.1-mini", "anthropic/claude"]
+    assert "fallbacks" not in body
+
+
+def test_openrouter_prefix_is_stripped_from_model(od, server):
+    prompt = uniq()
+    out = arun(od.run_openrouter_async("openrouter/openai/gpt-4o-mini", prompt))
+    assert out == "echo: " + prompt
+    assert only_request(server, prompt)["body"]["model"] == "openai/gpt-4o-mini"
+
+
+def test_openrouter_prefix_is_stripped_from_fallback_models_list_head(od, server):
+    prompt = uniq()
+    out = arun(od.run_openrouter_async("openrouter/fake/echo", prompt, fallbacks=["x/y"]))
+    assert out == "echo: " + prompt
+    assert only_request(server, prompt)["body"]["models"][0] == "fake/echo"
+
+
+def test_openrouter_auto_keeps_its_prefix(od, server):
+    """Only `openrouter/<provider>/<model>` is LiteLLM's spelling; `openrouter/auto` is a model."""
+    prompt = uniq()
+    arun(od.run_openrouter_async("openrouter/auto", prompt))
+    assert only_request(server, prompt)["body"]["model"] == "openrouter/auto"
+
+
+def test_model_without_prefix_is_sent_verbatim(od, server):
+    prompt = uniq()
+    arun(od.run_openrouter_async("gpt-4.1", prompt))
+    assert only_request(server, prompt)["body"]["model"] == "gpt-4.1"
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+def test_messages_are_sent_as_given_and_replace_prompts(od, server, sync):
+    tag = uniq()
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "first " + tag, "name": "alice"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+        {"role": "user", "content": [{"type": "text", "text": "look "},
+                                     {"type": "text", "text": "here"}]},
+    ]
+    if sync:
+        out = bounded(od.run_openrouter, "fake/echo", "IGNORED", "ALSO IGNORED",
+                      messages=messages)
+    else:
+        out = arun(od.run_openrouter_async("fake/echo", user_prompt="IGNORED",
+                                           system_prompt="ALSO IGNORED", messages=messages))
+    assert out == "echo: look here"
+    assert only_request(server, tag)["body"]["messages"] == messages
+
+
+def test_messages_only_call_needs_no_prompt(od, server):
+    prompt = uniq()
+    out = arun(od.run_openrouter_async("fake/echo", messages=[{"role": "user", "content": prompt}]))
+    assert out == "echo: " + prompt
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+def test_system_prompt_is_sent_before_user_prompt(od, server, sync):
+    prompt = uniq()
+    if sync:
+        out = bounded(od.run_openrouter, "fake/echo", prompt, "you are a judge")
+    else:
+        out = arun(od.run_openrouter_async("fake/echo", prompt, "you are a judge"))
+    assert out == "echo: " + prompt
+    assert only_request(server, prompt)["body"]["messages"] == [
+        {"role": "system", "content": "you are a judge"},
+        {"role": "user", "content": prompt}]
+
+
+def test_empty_system_prompt_is_sent_but_none_is_omitted(od, server):
+    p1, p2 = uniq(), uniq()
+    arun(od.run_openrouter_async("fake/echo", p1, system_prompt=""))
+    arun(od.run_openrouter_async("fake/echo", p2, system_prompt=None))
+    assert only_request(server, p1)["body"]["messages"][0] == {"role": "system", "content": ""}
+    assert len(only_request(server, p2)["body"]["messages"]) == 1
+
+
+def test_unicode_and_control_characters_round_trip(od, server):
+    prompt = uniq() + ' “quotes” \\ back\\slash "dq" \n\t tab é ß 中文 😀 \u2028 \x01 end'
+    out = arun(od.run_openrouter_async("fake/echo", prompt))
+    assert out == "echo: " + prompt
+    assert only_request(server, prompt[:30])["body"]["messages"][0]["content"] == prompt
+
+
+def test_empty_user_prompt_is_sent(od, server):
+    assert arun(od.run_openrouter_async("fake/echo", "")) == "echo: "
+    bodies = [r["body"] for r in server.chat_requests()]
+    assert bodies[-1]["messages"] == [{"role": "user", "content": ""}]
+
+
+def test_large_prompt_round_trips_without_expect_continue(od, server):
+    prompt = uniq() + " " + "lorem ipsum dolor " * 60000   # ~1 MB
+    out = arun(od.run_openrouter_async("fake/echo", prompt))
+    assert out == "echo: " + prompt
+    req = only_request(server, prompt[:20])
+    assert req["headers"].get("expect", "") == ""
+
+
+def test_default_headers_are_sent(od, server, api_key):
+    prompt = uniq()
+    arun(od.run_openrouter_async("fake/echo", prompt))
+    h = only_request(server, prompt)["headers"]
+    assert h["authorization"] == "Bearer " + api_key
+    assert h["http-referer"] == "http://localhost:3000"
+    assert h["x-title"] == "DR-Tulu Training"
+    assert h["content-type"].split(";")[0].strip() == "application/json"
+    assert int(h["content-length"]) == len(only_request(server, prompt)["raw"])
+
+
+def test_headers_seen_by_server_are_reported_by_fake_headers_mode(od, server, api_key):
+    out = arun(od.run_openrouter_async("fake/headers", uniq()))
+    headers = json.loads(out)
+    assert headers["authorization"] == "Bearer " + api_key
+    assert headers["x-title"] == "DR-Tulu Training"
+
+
+def test_referer_and_title_come_from_env(od, server, monkeypatch):
+    monkeypatch.setenv("OPENROUTER_REFERER", "https://example.org/app")
+    monkeypatch.setenv("OPENROUTER_TITLE", "My Title (v2)")
+    prompt = uniq()
+    arun(od.run_openrouter_async("fake/echo", prompt))
+    h = only_request(server, prompt)["headers"]
+    assert h["http-referer"] == "https://example.org/app"
+    assert h["x-title"] == "My Title (v2)"
+
+
+def test_extra_headers_are_added(od, server):
+    prompt = uniq()
+    arun(od.run_openrouter_async("fake/echo", prompt,
+                                 extra_headers={"X-Custom": "abc", "X-Other-Thing": "1 2 3"}))
+    h = only_request(server, prompt)["headers"]
+    assert h["x-custom"] == "abc"
+    assert h["x-other-thing"] == "1 2 3"
+    assert h["x-title"] == "DR-Tulu Training"
+
+
+def test_api_key_kwarg_overrides_env(od, server):
+    prompt = uniq()
+    arun(od.run_openrouter_async("fake/echo", prompt, api_key="sk-or-kwarg"))
+    assert only_request(server, prompt)["headers"]["authorization"] == "Bearer sk-or-kwarg"
+
+
+def test_openrouter_api_key_env_is_used_when_openai_key_is_absent(od, server, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-fallback")
+    prompt = uniq()
+    assert arun(od.run_openrouter_async("fake/echo", prompt)) == "echo: " + prompt
+    assert only_request(server, prompt)["headers"]["authorization"] == "Bearer sk-or-fallback"
+
+
+def test_openai_key_wins_over_openrouter_key(od, server, monkeypatch, api_key):
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-loser")
+    prompt = uniq()
+    arun(od.run_openrouter_async("fake/echo", prompt))
+    assert only_request(server, prompt)["headers"]["authorization"] == "Bearer " + api_key
+
+
+def test_env_base_url_is_read_per_call(od, server, monkeypatch):
+    prompt = uniq()
+    monkeypatch.setenv("OPENAI_API_BASE", "http://127.0.0.1:%d/other/base" % server.port)
+    arun(od.run_openrouter_async("fake/echo", prompt))
+    assert only_request(server, prompt)["path"] == "/other/base/chat/completions"
