@@ -114,6 +114,26 @@ static int parse_call_args(PyObject *const *args, Py_ssize_t nargs, ord_call_arg
     return 0;
 }
 
+/* Tell the Python side about something worth one WARNING per process. */
+static int warn_once(ord_state *st, const char *kind, PyObject *subject, const char *detail)
+{
+    if (!st->warn_hook)
+        return 0;
+    PyObject *key = subject ? Py_BuildValue("(sO)", kind, subject) : Py_BuildValue("(ss)", kind, detail);
+    if (!key)
+        return -1;
+    int seen = PySet_Contains(st->warned, key);
+    if (seen != 0 || PySet_Add(st->warned, key) < 0) {
+        Py_DECREF(key);
+        return seen < 0 ? -1 : 0;
+    }
+    Py_DECREF(key);
+    PyObject *res = subject ? PyObject_CallFunction(st->warn_hook, "sOs", kind, subject, detail)
+                            : PyObject_CallFunction(st->warn_hook, "sss", kind, detail, detail);
+    Py_XDECREF(res);
+    return res ? 0 : -1;
+}
+
 static ord_req *make_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     ord_call_args a;
@@ -123,16 +143,13 @@ static ord_req *make_request(PyObject *module, PyObject *const *args, Py_ssize_t
     if (!r)
         return NULL;
     ord_state *st = ord_get_state(module);
-    if (r->auto_mapped && st->model_hook) {
-        int seen = PySet_Contains(st->warned_models, a.model);
-        PyObject *res = NULL;
-        if (seen == 0 && PySet_Add(st->warned_models, a.model) == 0)
-            res = PyObject_CallFunction(st->model_hook, "Os", a.model, r->model);
-        if (seen < 0 || (seen == 0 && !res)) {
-            ord_req_decref(r);
-            return NULL;
-        }
-        Py_XDECREF(res);
+    if (r->auto_mapped && warn_once(st, "model", a.model, r->model) < 0) {
+        ord_req_decref(r);
+        return NULL;
+    }
+    if (r->plain_http && warn_once(st, "plain_http", NULL, r->url) < 0) {
+        ord_req_decref(r);
+        return NULL;
     }
     if (st->debug_enabled) {
         PyObject *d = PyObject_CallNoArgs(st->debug_enabled);
@@ -407,10 +424,10 @@ static PyObject *mod_set_limit(PyObject *module, PyObject *arg)
 static PyObject *mod_set_hooks(PyObject *module, PyObject *args)
 {
     ord_state *st = ord_get_state(module);
-    PyObject *fail, *attempt, *debug, *model;
-    if (!PyArg_ParseTuple(args, "OOOO", &fail, &attempt, &debug, &model))
+    PyObject *fail, *attempt, *debug, *warn;
+    if (!PyArg_ParseTuple(args, "OOOO", &fail, &attempt, &debug, &warn))
         return NULL;
-    Py_XSETREF(st->model_hook, Py_NewRef(model));
+    Py_XSETREF(st->warn_hook, Py_NewRef(warn));
     Py_XSETREF(st->fail_hook, Py_NewRef(fail));
     Py_XSETREF(st->attempt_hook, Py_NewRef(attempt));
     Py_XSETREF(st->debug_enabled, Py_NewRef(debug));
@@ -435,7 +452,7 @@ static PyMethodDef mod_methods[] = {
     {"cancel", mod_cancel, METH_O, "cancel(key): abort the call of a cancelled task."},
     {"stats", mod_stats, METH_NOARGS, "Process-wide counters."},
     {"set_limit", mod_set_limit, METH_O, "set_limit(n or None) -> previous cap on calls on the wire."},
-    {"set_hooks", mod_set_hooks, METH_VARARGS, "set_hooks(fail, attempt, debug_enabled, model_mapped)."},
+    {"set_hooks", mod_set_hooks, METH_VARARGS, "set_hooks(fail, attempt, debug_enabled, warn)."},
     {"shutdown", mod_shutdown, METH_NOARGS, "Fail in-flight calls and stop the engine."},
     {NULL, NULL, 0, NULL},
 };
@@ -474,8 +491,8 @@ static int mod_exec(PyObject *module)
     if (!st->channel_type)
         return -1;
     st->channels = PyDict_New();
-    st->warned_models = PySet_New(NULL);
-    if (!st->channels || !st->warned_models)
+    st->warned = PySet_New(NULL);
+    if (!st->channels || !st->warned)
         return -1;
     PyObject *asyncio = PyImport_ImportModule("asyncio");
     if (!asyncio)
@@ -504,8 +521,8 @@ static int mod_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->fail_hook);
     Py_VISIT(st->attempt_hook);
     Py_VISIT(st->debug_enabled);
-    Py_VISIT(st->model_hook);
-    Py_VISIT(st->warned_models);
+    Py_VISIT(st->warn_hook);
+    Py_VISIT(st->warned);
     return 0;
 }
 
@@ -518,8 +535,8 @@ static int mod_clear(PyObject *module)
     Py_CLEAR(st->fail_hook);
     Py_CLEAR(st->attempt_hook);
     Py_CLEAR(st->debug_enabled);
-    Py_CLEAR(st->model_hook);
-    Py_CLEAR(st->warned_models);
+    Py_CLEAR(st->warn_hook);
+    Py_CLEAR(st->warned);
     Py_CLEAR(st->str_done);
     Py_CLEAR(st->str_set_result);
     Py_CLEAR(st->str_set_exception);

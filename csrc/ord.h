@@ -90,6 +90,7 @@ typedef struct ord_req {
     curl_off_t max_response;
     int strict, debug;
     int auto_mapped;              /* model was a bare OpenAI name given a prefix */
+    int plain_http;               /* http:// to a host that is not loopback */
 
     /* engine state */
     int state;
@@ -193,8 +194,8 @@ typedef struct {
     PyObject *fail_hook;         /* callable(info tuple) -> str or exception */
     PyObject *attempt_hook;      /* callable(seq, model, attempts) for DEBUG lines */
     PyObject *debug_enabled;     /* callable() -> bool */
-    PyObject *model_hook;        /* callable(given, sent): once per mapped name */
-    PyObject *warned_models;     /* set of names model_hook was told about */
+    PyObject *warn_hook;         /* callable(kind, subject, detail): once per (kind, subject) */
+    PyObject *warned;            /* set of (kind, subject) already warned about */
     PyObject *str_done, *str_set_result, *str_set_exception, *str_add_reader,
         *str_remove_reader, *str_is_closed, *str_create_future;
     unsigned fork_gen;           /* ord_fork_generation when channels were made */

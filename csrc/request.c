@@ -479,6 +479,19 @@ static int is_openrouter(const char *base)
            (n > 13 && host[n - 14] == '.' && strncasecmp(host + n - 13, "openrouter.ai", 13) == 0);
 }
 
+static int is_loopback(const char *base)
+{
+    const char *host = strstr(base, "://");
+    host = host ? host + 3 : base;
+    const char *at = strchr(host, '@'); /* user:pass@host */
+    if (at && at < host + strcspn(host, "/?#"))
+        host = at + 1;
+    size_t n = host[0] == '[' ? strcspn(host, "]") + 1 : strcspn(host, ":/?#");
+    return strncmp(host, "127.", 4) == 0 || (n == 9 && strncasecmp(host, "localhost", 9) == 0) ||
+           (n == 5 && strncmp(host, "[::1]", 5) == 0) ||
+           (n > 10 && strncasecmp(host + n - 10, ".localhost", 10) == 0);
+}
+
 /* DR-Tulu's default judges are bare OpenAI names, which OpenRouter rejects. */
 static int is_bare_openai(const char *m)
 {
@@ -664,6 +677,8 @@ ord_req *ord_build_request(const ord_call_args *a)
     if (read_limits(r, a->kwargs) < 0)
         goto error;
     r->auto_mapped = auto_mapped;
+    /* The key would cross the network in clear. */
+    r->plain_http = strncasecmp(base, "http://", 7) == 0 && !is_loopback(base);
     r->body = build_body(a, model, fallbacks, openrouter);
     if (!r->body)
         goto error;

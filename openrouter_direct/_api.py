@@ -79,9 +79,14 @@ def _on_attempts(request_id: int, model: str, attempts: list[tuple[int, str, int
                   status if status else (curl_error or "-"), ms)
 
 
-def _on_model_mapped(given: str, sent: str) -> None:
-    log.warning("model %r has no provider prefix; sending %r to OpenRouter "
-                "(OPENROUTER_MODEL_MAP can map it differently)", given, sent)
+def _on_warning(kind: str, subject: str, detail: str) -> None:
+    """Called once per process for each (kind, subject)."""
+    if kind == "model":
+        log.warning("model %r has no provider prefix; sending %r to OpenRouter "
+                    "(OPENROUTER_MODEL_MAP can map it differently)", subject, detail)
+    elif kind == "plain_http":
+        log.warning("%s is plain http:// to a host that is not loopback: the API key and "
+                    "prompts travel unencrypted", detail)
 
 
 def _apply_loglevel() -> None:
@@ -97,7 +102,7 @@ def _apply_loglevel() -> None:
 
 _apply_loglevel()
 _native.set_hooks(_on_failure, _on_attempts, functools.partial(log.isEnabledFor, logging.DEBUG),
-                  _on_model_mapped)
+                  _on_warning)
 
 # At interpreter exit, fail what is still in flight so that threads blocked in a call return
 # "" and the process ends promptly. threading's hook runs before non-daemon threads are joined.
