@@ -163,6 +163,23 @@ static ord_req *make_request(PyObject *module, PyObject *const *args, Py_ssize_t
     return r;
 }
 
+/* The running loop (new reference), or None. asyncio is looked up on first
+ * use rather than at import: importing it costs ~25 ms, and a caller that
+ * awaits us has imported it already. */
+static PyObject *running_loop(ord_state *st)
+{
+    if (!st->get_running_loop) {
+        PyObject *asyncio = PyImport_ImportModule("asyncio");
+        if (!asyncio)
+            return NULL;
+        st->get_running_loop = PyObject_GetAttrString(asyncio, "_get_running_loop");
+        Py_DECREF(asyncio);
+        if (!st->get_running_loop)
+            return NULL;
+    }
+    return PyObject_CallNoArgs(st->get_running_loop);
+}
+
 /* Resolve a future now, with the result of a request that never reached
  * (or was refused by) the engine. */
 static int resolve_now(PyObject *module, PyObject *fut, ord_req *r)
@@ -195,7 +212,7 @@ static PyObject *mod_submit(PyObject *module, PyObject *const *args, Py_ssize_t 
 {
     ord_state *st = ord_get_state(module);
     check_fork(module);
-    PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);
+    PyObject *loop = running_loop(st);
     if (!loop)
         return NULL;
     if (loop == Py_None) {
@@ -251,7 +268,7 @@ static PyObject *mod_cancel(PyObject *module, PyObject *key)
     ord_state *st = ord_get_state(module);
     if (key == Py_None)
         Py_RETURN_NONE;
-    PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);
+    PyObject *loop = running_loop(st);
     if (!loop)
         return NULL;
     PyObject *ch = loop != Py_None ? PyDict_GetItemWithError(st->channels, loop) : NULL;
@@ -493,13 +510,6 @@ static int mod_exec(PyObject *module)
     st->channels = PyDict_New();
     st->warned = PySet_New(NULL);
     if (!st->channels || !st->warned)
-        return -1;
-    PyObject *asyncio = PyImport_ImportModule("asyncio");
-    if (!asyncio)
-        return -1;
-    st->get_running_loop = PyObject_GetAttrString(asyncio, "_get_running_loop");
-    Py_DECREF(asyncio);
-    if (!st->get_running_loop)
         return -1;
     if (intern(&st->str_done, "done") < 0 || intern(&st->str_set_result, "set_result") < 0 ||
         intern(&st->str_set_exception, "set_exception") < 0 || intern(&st->str_add_reader, "add_reader") < 0 ||

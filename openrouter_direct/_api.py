@@ -1,22 +1,67 @@
 """The public call functions: argument defaults, logging and the exit hook. One crossing into C
-per call; everything else (JSON, HTTP, retries, the process-wide cap) happens in ``_native``."""
+per call; everything else (JSON, HTTP, retries, the process-wide cap) happens in ``_native``.
+
+Importing the package loads neither the extension nor ``logging``: dlopen of libcurl and its ~30
+libraries alone costs ~5 ms, and a trainer imports this module whether or not it ever calls. The
+first call (or ``stats()`` / ``configure()``) loads them, once; after that the call functions reach
+the extension through module globals rebound by ``_load``, with no check on the hot path.
+"""
 
 from __future__ import annotations
 
-import atexit
-import functools
-import logging
+import _thread
 import os
-import threading
-from typing import Any
 
-from . import _native, errors
+from . import errors
 
-log = logging.getLogger("openrouter_direct")
+# Annotations below are never evaluated (postponed), so typing is not imported: it alone would
+# cost more than the whole import budget.
+_load_lock = _thread.allocate_lock()
+_native: Any = None
+log: Any = None  # logging.getLogger("openrouter_direct"), set by _load
 
-_submit = _native.submit
-_cancel = _native.cancel
-_call = _native.call
+
+def _load() -> Any:
+    """Import the extension and wire its hooks; returns the module. Raises ImportError (for
+    example, a libcurl older than the one it was built against) at the first call."""
+    global _native, _submit, _cancel, _call, log
+    with _load_lock:
+        if _native is not None:
+            return _native
+        import atexit
+        import functools
+        import logging
+        import threading
+
+        from . import _native as native
+
+        if log is None:
+            log = logging.getLogger("openrouter_direct")
+            _apply_loglevel(logging)
+        native.set_hooks(_on_failure, _on_attempts,
+                         functools.partial(log.isEnabledFor, logging.DEBUG), _on_warning)
+        # At interpreter exit, fail what is still in flight so that threads blocked in a call
+        # return "" and the process ends promptly. threading's hook runs before non-daemon
+        # threads are joined; atexit's would run after.
+        try:
+            threading._register_atexit(native.shutdown)  # type: ignore[attr-defined]
+        except (AttributeError, RuntimeError):
+            atexit.register(native.shutdown)
+        _submit, _cancel, _call = native.submit, native.cancel, native.call
+        _native = native
+        return native
+
+
+def _submit(*args: Any) -> Any:
+    return _load().submit(*args)
+
+
+def _cancel(key: Any) -> None:
+    _load().cancel(key)
+
+
+def _call(*args: Any) -> str:
+    return _load().call(*args)
 
 
 async def run_openrouter_async(model_name: str, user_prompt: str | None = None,
@@ -47,7 +92,7 @@ call_openrouter = run_openrouter
 
 def stats() -> dict[str, Any]:
     """Process-wide counters since start (or since fork, in a child)."""
-    return _native.stats()
+    return (_native or _load()).stats()
 
 
 def configure(*, max_concurrent_calls: int | None = None) -> dict[str, Any]:
@@ -55,9 +100,10 @@ def configure(*, max_concurrent_calls: int | None = None) -> dict[str, Any]:
 
     ``max_concurrent_calls`` caps the calls on the wire across every loop and thread
     (default: ``OPENROUTER_MAX_CONCURRENT_CALLS``, else 10)."""
+    native = _native or _load()
     if max_concurrent_calls is not None:
-        _native.set_limit(max_concurrent_calls)
-    return {"max_concurrent_calls": _native.set_limit(None)}
+        native.set_limit(max_concurrent_calls)
+    return {"max_concurrent_calls": native.set_limit(None)}
 
 
 def _on_failure(reason: str, status: int | None, message: str, model: str, request_id: int,
@@ -89,7 +135,7 @@ def _on_warning(kind: str, subject: str, detail: str) -> None:
                     "prompts travel unencrypted", detail)
 
 
-def _apply_loglevel() -> None:
+def _apply_loglevel(logging: Any) -> None:
     level = os.environ.get("LOGLEVEL", "").strip().upper()
     if not level or not isinstance(logging.getLevelName(level), int):
         return
@@ -100,13 +146,10 @@ def _apply_loglevel() -> None:
         log.addHandler(handler)
 
 
-_apply_loglevel()
-_native.set_hooks(_on_failure, _on_attempts, functools.partial(log.isEnabledFor, logging.DEBUG),
-                  _on_warning)
+# LOGLEVEL takes effect at import, as the trainer's own modules read it; logging is only imported
+# here when the variable is set.
+if os.environ.get("LOGLEVEL"):
+    import logging as _logging
 
-# At interpreter exit, fail what is still in flight so that threads blocked in a call return
-# "" and the process ends promptly. threading's hook runs before non-daemon threads are joined.
-try:
-    threading._register_atexit(_native.shutdown)  # type: ignore[attr-defined]
-except (AttributeError, RuntimeError):
-    atexit.register(_native.shutdown)
+    log = _logging.getLogger("openrouter_direct")
+    _apply_loglevel(_logging)
