@@ -8,10 +8,15 @@
  * also makes that cap a plain counter: a call waits in the pending list until
  * active < limit, and a call backing off before a retry holds no slot.
  *
+ * The thread drives libcurl with curl_multi_socket_action over its own
+ * epoll set, so each wake-up costs the sockets that are ready, not all of
+ * them: with 2,048 calls in flight, poll() over every socket per wake-up
+ * was most of the engine's time.
+ *
  * Other threads talk to the engine only through the inbox and the cancel
- * list, under e->mu, followed by curl_multi_wakeup. Everything else (the
- * multi handle, easy handles, pending list, backoff heap) belongs to the
- * engine thread alone. The engine never touches a Python object: finished
+ * list, under e->mu, followed by a write to e->wake_fd. Everything else (the
+ * multi handle, easy handles, pending list, backoff heap, epoll set) belongs
+ * to the engine thread alone. The engine never touches a Python object: finished
  * requests are posted to their channel (deliver.c).
  *
  * fork: the child gets no engine thread, and the parent's may have held any
@@ -23,6 +28,8 @@
 
 #include <errno.h>
 #include <math.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +45,8 @@ typedef struct {
     pthread_t thread;
     CURLM *multi;
     CURLSH *share;
+    int wake_fd;                   /* eventfd in the epoll set: commands waiting */
+    int ep;                        /* epoll set of libcurl's sockets + wake_fd */
 
     /* engine thread only */
     ord_req *pend_head, *pend_tail;
@@ -48,7 +57,17 @@ typedef struct {
     CURL **pool;                   /* idle easy handles */
     size_t pool_len, pool_cap;
     uint64_t rng;
+    int64_t timer_due;             /* libcurl's timeout (monotonic ms), -1: none */
+    unsigned char *watched;        /* watched[fd]: fd is in the epoll set for libcurl */
+    size_t watched_cap;
 } engine;
+
+static void wake(engine *e)
+{
+    uint64_t one = 1;
+    ssize_t n = write(e->wake_fd, &one, sizeof one);
+    (void)n; /* EAGAIN: the counter is saturated, the engine is awake anyway */
+}
 
 static engine *g_engine;
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER; /* g_engine, g_shut */
@@ -127,7 +146,7 @@ void ord_engine_set_limit(long n)
     atomic_store(&g_limit, n);
     pthread_mutex_lock(&g_mu);
     if (g_engine)
-        curl_multi_wakeup(g_engine->multi);
+        wake(g_engine);
     pthread_mutex_unlock(&g_mu);
 }
 
@@ -600,9 +619,81 @@ static void publish_gauges(engine *e)
     pthread_mutex_unlock(&g_stats_mu);
 }
 
+/* ---- libcurl's sockets and timer, on our epoll set ---- */
+static int watch(engine *e, curl_socket_t fd, int on)
+{
+    if (fd < 0)
+        return -1;
+    if ((size_t)fd >= e->watched_cap) {
+        if (!on)
+            return 0;
+        size_t cap = e->watched_cap ? e->watched_cap : 1024;
+        while (cap <= (size_t)fd)
+            cap *= 2;
+        unsigned char *w = realloc(e->watched, cap);
+        if (!w)
+            return -1;
+        memset(w + e->watched_cap, 0, cap - e->watched_cap);
+        e->watched = w;
+        e->watched_cap = cap;
+    }
+    e->watched[fd] = (unsigned char)on;
+    return 0;
+}
+
+/* CURLMOPT_SOCKETFUNCTION. REMOVE comes before libcurl closes the socket:
+ * deleting it from the set then matters after a fork, when the child's copy
+ * of the socket would otherwise keep a dead registration alive here. */
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    (void)easy;
+    (void)socketp;
+    engine *e = userp;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(e->ep, EPOLL_CTL_DEL, fd, NULL);
+        watch(e, fd, 0);
+        return 0;
+    }
+    struct epoll_event ev = {0};
+    ev.data.fd = fd;
+    ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
+    if (epoll_ctl(e->ep, EPOLL_CTL_MOD, fd, &ev) < 0) {
+        if (errno != ENOENT || epoll_ctl(e->ep, EPOLL_CTL_ADD, fd, &ev) < 0)
+            return -1;
+    }
+    return watch(e, fd, 1);
+}
+
+/* CURLMOPT_TIMERFUNCTION: libcurl wants socket_action(TIMEOUT) then. */
+static int on_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    engine *e = userp;
+    e->timer_due = timeout_ms < 0 ? -1 : ord_now_ms() + timeout_ms;
+    return 0;
+}
+
+static int reap(engine *e)
+{
+    CURLMsg *m;
+    int left, finished = 0;
+    while ((m = curl_multi_info_read(e->multi, &left))) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        ord_req *r = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+        on_done(e, r, m->data.result);
+        finished++;
+    }
+    return finished;
+}
+
 static void *engine_main(void *arg)
 {
     engine *e = arg;
+    pthread_setname_np(pthread_self(), "openrouter-eng"); /* shows in top, gdb, py-spy */
+    struct epoll_event evs[256];
+    int running;
     for (;;) {
         pthread_mutex_lock(&e->mu);
         ord_req *inbox = e->inbox_head;
@@ -642,34 +733,42 @@ static void *engine_main(void *arg)
             pend_unlink(e, r);
             start(e, r);
         }
-
-        int running = 0;
-        curl_multi_perform(e->multi, &running);
-        CURLMsg *m;
-        int left;
-        int finished = 0;
-        while ((m = curl_multi_info_read(e->multi, &left))) {
-            if (m->msg != CURLMSG_DONE)
-                continue;
-            ord_req *r = NULL;
-            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
-            on_done(e, r, m->data.result);
-            finished++;
+        if (e->timer_due >= 0 && e->timer_due <= ord_now_ms()) {
+            e->timer_due = -1;
+            curl_multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         }
+        int finished = reap(e);
         publish_gauges(e);
         if (finished && e->pend_head && e->n_active < limit)
             continue; /* slots just freed: start the waiting calls now */
 
-        long wait = -1;
-        curl_multi_timeout(e->multi, &wait);
-        if (wait < 0 || wait > 1000)
-            wait = 1000;
-        if (e->heap_len) {
-            int64_t until = e->heap[0]->due_ms - ord_now_ms();
-            if (until < wait)
-                wait = until < 0 ? 0 : (long)until;
+        now = ord_now_ms();
+        int64_t wait = 1000;
+        if (e->timer_due >= 0 && e->timer_due - now < wait)
+            wait = e->timer_due - now;
+        if (e->heap_len && e->heap[0]->due_ms - now < wait)
+            wait = e->heap[0]->due_ms - now;
+        if (wait < 0)
+            wait = 0;
+        int n = epoll_wait(e->ep, evs, (int)(sizeof evs / sizeof evs[0]), (int)wait);
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == e->wake_fd) {
+                uint64_t v;
+                ssize_t got = read(e->wake_fd, &v, sizeof v);
+                (void)got;
+                continue;
+            }
+            if ((size_t)fd >= e->watched_cap || !e->watched[fd]) {
+                epoll_ctl(e->ep, EPOLL_CTL_DEL, fd, NULL); /* stale: libcurl is done with it */
+                continue;
+            }
+            uint32_t x = evs[i].events;
+            int flags = ((x & EPOLLIN) ? CURL_CSELECT_IN : 0) | ((x & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
+                        ((x & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0);
+            curl_multi_socket_action(e->multi, fd, flags, &running);
         }
-        curl_multi_poll(e->multi, NULL, 0, (int)wait, NULL);
+        reap(e);
     }
     return NULL;
 }
@@ -684,6 +783,9 @@ static void engine_free(engine *e)
     free(e->heap);
     curl_multi_cleanup(e->multi);
     curl_share_cleanup(e->share);
+    close(e->ep);
+    close(e->wake_fd);
+    free(e->watched);
     pthread_mutex_destroy(&e->mu);
     free(e);
 }
@@ -694,10 +796,20 @@ static engine *engine_start(void)
     if (!e)
         return NULL;
     pthread_mutex_init(&e->mu, NULL);
+    e->timer_due = -1;
+    e->ep = epoll_create1(EPOLL_CLOEXEC);
+    e->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     e->multi = curl_multi_init();
     e->share = curl_share_init();
-    if (!e->multi || !e->share)
+    if (e->ep < 0 || e->wake_fd < 0 || !e->multi || !e->share)
         goto fail;
+    struct epoll_event wev = {.events = EPOLLIN, .data.fd = e->wake_fd};
+    if (epoll_ctl(e->ep, EPOLL_CTL_ADD, e->wake_fd, &wev) < 0)
+        goto fail;
+    curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
+    curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
     /* Only the engine thread uses these handles, so the share needs no
      * lock callbacks: it just lets reused and new easy handles resume TLS
      * sessions and skip DNS. */
@@ -722,6 +834,10 @@ fail:
         curl_multi_cleanup(e->multi);
     if (e->share)
         curl_share_cleanup(e->share);
+    if (e->ep >= 0)
+        close(e->ep);
+    if (e->wake_fd >= 0)
+        close(e->wake_fd);
     pthread_mutex_destroy(&e->mu);
     free(e);
     return NULL;
@@ -759,7 +875,7 @@ int ord_engine_submit(ord_req *r)
     pthread_mutex_unlock(&g_stats_mu);
     /* The engine takes the whole inbox at once: one wake-up per batch. */
     if (was_empty)
-        curl_multi_wakeup(e->multi);
+        wake(e);
     return 0;
 }
 
@@ -775,7 +891,7 @@ void ord_engine_cancel(ord_req *r)
         r->cancel_next = e->cancels;
         e->cancels = r;
         pthread_mutex_unlock(&e->mu);
-        curl_multi_wakeup(e->multi);
+        wake(e);
     }
     pthread_mutex_unlock(&g_mu);
 }
@@ -792,7 +908,7 @@ void ord_engine_shutdown(void)
     pthread_mutex_lock(&e->mu);
     e->stopping = 1;
     pthread_mutex_unlock(&e->mu);
-    curl_multi_wakeup(e->multi);
+    wake(e);
     pthread_join(e->thread, NULL);
     engine_free(e);
 }
