@@ -419,7 +419,6 @@ static void count_status(long status)
 /* The engine's reference goes to the channel (or is dropped if cancelled). */
 static void finish(engine *e, ord_req *r, ord_reason reason, const ord_usage *u)
 {
-    (void)e;
     r->state = ORD_ST_DONE;
     r->reason = reason;
     free(r->buf); /* only the parsed result travels on */
@@ -427,6 +426,10 @@ static void finish(engine *e, ord_req *r, ord_reason reason, const ord_usage *u)
     r->buf_len = r->buf_cap = 0;
     double ms = (double)(ord_now_ms() - r->t_submit_ms);
     pthread_mutex_lock(&g_stats_mu);
+    /* Gauges first: whoever reads stats() after this call returns must not
+     * still see it in flight. */
+    g_stats.in_flight = e->n_active;
+    g_stats.queued = e->n_pending + (long)e->heap_len;
     if (reason == ORD_CANCELLED) {
         g_stats.cancelled++;
     } else {
