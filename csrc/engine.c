@@ -58,6 +58,7 @@ typedef struct {
     size_t pool_len, pool_cap;
     uint64_t rng;
     int64_t timer_due;             /* libcurl's timeout (monotonic ms), -1: none */
+    long cache_for;                /* the cap CURLMOPT_MAXCONNECTS was sized for */
     unsigned char *watched;        /* watched[fd]: fd is in the epoll set for libcurl */
     size_t watched_cap;
 } engine;
@@ -731,6 +732,14 @@ static void *engine_main(void *arg)
             pend_push_front(e, r);
         }
         long limit = ord_engine_get_limit();
+        if (limit != e->cache_for) {
+            /* libcurl's default keeps 4 idle connections per easy handle
+             * *currently added*: when the calls in flight dip, it closes
+             * connections that the next burst must open again. Keep enough
+             * for the cap instead. */
+            curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, limit + 16);
+            e->cache_for = limit;
+        }
         while (e->pend_head && e->n_active < limit) {
             ord_req *r = e->pend_head;
             pend_unlink(e, r);
