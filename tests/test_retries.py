@@ -43,9 +43,11 @@ def test_num_retries_two_means_exactly_three_attempts(od, server, mode):
     out = arun(od.run_openrouter_async("fake/flaky-99-%s" % mode, prompt, num_retries=2))
     assert out == ""
     if mode == "reset":
-        # libcurl itself resends once when a *reused* connection dies before any
-        # byte of the reply, so the server may see one extra request per attempt
-        assert 3 <= server.attempts_for(prompt) <= 6
+        # libcurl itself resends a request when a *reused* keep-alive connection
+        # dies before any byte of the reply (up to 5 times per transfer,
+        # CONN_MAX_RETRIES in Curl_retry_request), so the server may see up to six
+        # requests per engine attempt while idle connections last.
+        assert 3 <= server.attempts_for(prompt) <= 18
     else:
         assert server.attempts_for(prompt) == 3
 
