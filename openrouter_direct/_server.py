@@ -11,6 +11,37 @@ models listed in ``_MODES`` below each produce one kind of fault (a status code,
 a reset, a truncated body, a stall, ...).  ``fake/flaky-<n>-<mode>`` fails the
 first <n> attempts of a call with <mode> and then succeeds; a call is known by
 the SHA-1 of its raw body, since a retry resends the identical body.
+``fake/json`` (and any other model when the request asks for
+``response_format={"type": "json_object"}``) replies with a judge-style JSON
+object, ``{"score": <0, 1 or 2, from the prompt>, "echo": <last message>}``.
+
+Scripted replies, for a test that needs one call to go a given way::
+
+    server.script(reply={"score": 2}, match="rubric 7")  # next call whose prompt has it
+    server.script(status=402, times=None)                 # every call from now on
+    server.script(fault="reset")                          # the next call, any prompt
+    rule = server.script(reply="late", delay_ms=300, model="openai/gpt-4.1")
+    rule.hits, rule.remaining                             # how it has been used
+
+A rule answers the chat requests it matches (``match``: a substring of the
+prompt text, i.e. of every message's text, or a callable taking the request
+body; ``model``: the exact model name received) ``times`` times (default 1;
+``None``: until ``clear_script()`` or ``reset()``), ahead of the model modes.
+Rules are tried in the order they were added; a used-up rule is skipped.  It
+answers with ``reply`` (a str, or a dict/list sent as its JSON text), or
+``status`` (an OpenRouter error object with ``message``), or ``fault`` (the
+name of any ``fake/`` mode without the prefix: ``"reset"``, ``"truncated"``,
+``"stall"``, ``"error200-502"``, ``"slow-300"``, ...), after ``delay_ms``, with
+any extra response ``headers``.  Each attempt is a request: ``status=503``
+with ``times=1`` is a call that fails once and succeeds on its retry.
+
+Knobs for demos and realism, all settable on a running server: ``latency_ms``
+(added to every success; with ``latency_jitter`` > 0 it is the median of a
+log-normal spread of that sigma), ``fault_rate`` (that share of the requests
+for models outside ``fake/`` fail at random with 503, 502, 429 or a 200 whose
+body is a 502 error object), ``api_keys`` (a set: only those keys pass,
+others get 401 as OpenRouter answers them; ``None``, the default, accepts any
+key) and ``key_data`` (what ``GET /key`` describes).
 
 The one rule that keeps it correct: everything that touches a socket runs on the
 server's loop thread; state that test threads read or reset (``requests``,
@@ -25,13 +56,14 @@ import http
 import itertools
 import json
 import logging
+import random
 import socket
 import struct
 import threading
 import time
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 
-__all__ = ["FakeOpenRouter"]
+__all__ = ["FakeOpenRouter", "ScriptRule"]
 
 _log = logging.getLogger("fake_openrouter")  # outside the package's logger tree
 
@@ -42,6 +74,9 @@ _BIG_PATTERN = "0123456789abcdefghijklmnopqrstuvwxyz\n"
 # flaky-<n>-<mode>: the failure used for the first <n> attempts of a call.
 _FLAKY_FAILURES = ("503", "502", "500", "429", "408", "reset", "reset-midbody",
                    "truncated", "error200", "stall")
+# What fault_rate draws from: the retryable failures OpenRouter really sends.
+_RANDOM_FAULTS = ("503", "502", "429", "error200")
+_DEFAULT_KEY_DATA = {"label": "test", "limit": None, "usage": 0}
 
 
 class _BadRequest(Exception):
@@ -123,6 +158,67 @@ def _last_message_text(body: Any) -> str:
     return _text_of(last.get("content")) if isinstance(last, dict) else ""
 
 
+def _prompt_text(body: Any) -> str:
+    """Every message's text, one per line: what a script rule's ``match`` looks in."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        return ""
+    return "\n".join(_text_of(m.get("content")) for m in messages if isinstance(m, dict))
+
+
+def _wants_json(body: Any) -> bool:
+    fmt = body.get("response_format") if isinstance(body, dict) else None
+    return isinstance(fmt, dict) and fmt.get("type") == "json_object"
+
+
+def judge_json(text: str) -> str:
+    """The content ``fake/json`` replies with for a last message ``text``."""
+    score = int(hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()[:8], 16) % 3
+    return json.dumps({"score": score, "echo": text})
+
+
+class ScriptRule:
+    """One scripted answer, made by ``FakeOpenRouter.script``; see the module docstring.
+
+    ``hits`` counts the requests it answered; ``remaining`` is how many more it will
+    answer (``None``: no limit)."""
+
+    def __init__(self, match, model, times, reply, status, message, fault, delay_ms,
+                 headers):
+        self.match = match
+        self.model = model
+        self.times = times
+        self.reply = reply
+        self.status = status
+        self.message = message
+        self.fault = fault
+        self.delay_ms = float(delay_ms)
+        self.headers = tuple((str(k), str(v)) for k, v in dict(headers or {}).items())
+        self.hits = 0
+
+    @property
+    def remaining(self) -> Optional[int]:
+        return None if self.times is None else max(0, self.times - self.hits)
+
+    def _matches(self, req: "_Request", text: str) -> bool:
+        if self.times is not None and self.hits >= self.times:
+            return False
+        if self.model is not None and req.body.get("model") != self.model:
+            return False
+        if self.match is None:
+            return True
+        if callable(self.match):
+            return bool(self.match(req.body))
+        return self.match in text
+
+    def __repr__(self) -> str:
+        what = ("reply" if self.reply is not None else
+                "status=%s" % self.status if self.status is not None else
+                "fault=%r" % self.fault)
+        return "<ScriptRule %s match=%r model=%r hits=%d remaining=%s>" % (
+            what, self.match, self.model, self.hits, self.remaining)
+
+
 def _prompt_tokens(body: Any) -> int:
     """A deterministic token count: words plus 3 per message."""
     messages = body.get("messages") if isinstance(body, dict) else None
@@ -139,17 +235,26 @@ class FakeOpenRouter:
     """An OpenRouter-compatible HTTP server on a background event loop."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
-                 latency_ms: float = 0.0, ssl_context=None):
+                 latency_ms: float = 0.0, ssl_context=None, *,
+                 latency_jitter: float = 0.0, fault_rate: float = 0.0,
+                 seed: Optional[int] = None):
         self.host = host
         self.port = port
         self.latency_ms = float(latency_ms)
+        self.latency_jitter = float(latency_jitter)
+        self.fault_rate = float(fault_rate)
         self.ssl_context = ssl_context
+        self.api_keys: Optional[set] = None
+        self.key_data: Dict[str, Any] = dict(_DEFAULT_KEY_DATA)
+        self.faults_injected = 0
+        self._rules: List[ScriptRule] = []
+        self._rng = random.Random(seed)  # used on the loop thread only
         self.requests: List[dict] = []
         self.connections_opened = 0
         self.max_concurrent = 0
         self.usage_sent = {"prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0,
                            "replies": 0}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a match callable may read state
         self._active = 0          # chat requests in progress, this generation
         self._generation = 0      # bumped by reset(); older requests stop counting
         self._attempts: Dict[str, int] = {}
@@ -215,8 +320,52 @@ class FakeOpenRouter:
             self._active = 0
             self._generation += 1
             self._attempts.clear()
+            self._rules.clear()
+            self.faults_injected = 0
             self.usage_sent = {"prompt_tokens": 0, "completion_tokens": 0,
                                "cost": 0.0, "replies": 0}
+
+    def script(self, reply: Union[str, dict, list, None] = None, *,
+               match: Union[str, Callable[[dict], bool], None] = None,
+               model: Optional[str] = None, times: Optional[int] = 1,
+               status: Optional[int] = None, message: Optional[str] = None,
+               fault: Optional[str] = None, delay_ms: float = 0.0,
+               headers: Optional[Dict[str, str]] = None) -> ScriptRule:
+        """Script how matching chat requests are answered; see the module docstring."""
+        given = [x is not None for x in (reply, status, fault)]
+        if sum(given) != 1:
+            raise ValueError("script() takes exactly one of reply=, status= or fault=")
+        if times is not None and (not isinstance(times, int) or times < 1):
+            raise ValueError("times must be a positive int or None")
+        if status is not None and not (isinstance(status, int) and 400 <= status <= 599):
+            raise ValueError("status must be an HTTP error status (400-599); for a 200 "
+                             "with an error object use fault='error200-<code>'")
+        if fault is not None and _mode_handler(fault)[0] is None:
+            raise ValueError("unknown fault %r: use a fake/ mode name without the prefix"
+                             % (fault,))
+        if reply is not None and not isinstance(reply, str):
+            reply = json.dumps(reply)
+        rule = ScriptRule(match, model, times, reply, status, message, fault, delay_ms,
+                          headers)
+        with self._lock:
+            self._rules.append(rule)
+        return rule
+
+    def clear_script(self) -> None:
+        """Forget every scripted rule."""
+        with self._lock:
+            self._rules.clear()
+
+    def _take_rule(self, req: "_Request") -> Optional[ScriptRule]:
+        with self._lock:
+            if not self._rules:
+                return None
+            text = _prompt_text(req.body)
+            for rule in self._rules:
+                if rule._matches(req, text):
+                    rule.hits += 1
+                    return rule
+        return None
 
     def close_connections(self) -> None:
         """Close every open client connection (as a server closing idle ones)."""
@@ -404,6 +553,12 @@ class FakeOpenRouter:
         """Answer one request; False means close the connection."""
         with self._lock:
             self.requests.append(req.record())
+        if req.path.endswith(("/chat/completions", "/key")) and self.api_keys is not None:
+            auth = req.headers.get("authorization", "")
+            key = auth[7:].strip() if auth.startswith("Bearer ") else ""
+            if key not in self.api_keys:
+                return await self._send(req, writer, 401, _error_body(
+                    401, "User not found." if key else "No auth credentials found"))
         if req.path.endswith("/chat/completions") and req.method == "POST":
             with self._lock:
                 gen = self._generation
@@ -420,8 +575,7 @@ class FakeOpenRouter:
         if req.path.endswith("/key") and req.method == "GET":
             auth = req.headers.get("authorization", "")
             if auth.startswith("Bearer ") and auth[7:].strip():
-                body = json.dumps({"data": {"label": "test", "limit": None,
-                                            "usage": 0}}).encode()
+                body = json.dumps({"data": self.key_data}).encode()
                 return await self._send(req, writer, 200, body)
             return await self._send(req, writer, 401,
                                     _error_body(401, "No auth credentials found"))
@@ -444,24 +598,52 @@ class FakeOpenRouter:
         if not isinstance(model, str) or not model:
             return await self._send(req, writer, 400,
                                     _error_body(400, "model is required"))
+        rule = self._take_rule(req)
+        if rule is not None:
+            return await self._scripted(rule, req, reader, writer)
         if not model.startswith("fake/"):
+            if self.fault_rate > 0 and self._rng.random() < self.fault_rate:
+                with self._lock:
+                    self.faults_injected += 1
+                failure = self._rng.choice(_RANDOM_FAULTS)
+                return await self._fail(req, writer, failure, "fake random fault")
+            if _wants_json(body):
+                return await self._m_json(req, reader, writer, "")
             return await self._m_echo(req, reader, writer, "")
-        name = model[5:]
-        handler = _EXACT.get(name)
-        arg = ""
-        if handler is None:
-            for prefix, fn in _PREFIXED:
-                if name.startswith(prefix):
-                    handler, arg = fn, name[len(prefix):]
-                    break
+        handler, arg = _mode_handler(model[5:])
         if handler is None:
             return await self._send(req, writer, 400, _error_body(
-                400, "unknown fake model %r" % model))
+                400, "%s is not a valid model ID (unknown fake model)" % model))
         try:
             return await handler(self, req, reader, writer, arg)
         except ValueError:
             return await self._send(req, writer, 400, _error_body(
                 400, "bad argument in fake model %r" % model))
+
+    async def _scripted(self, rule: ScriptRule, req, reader, writer) -> bool:
+        if rule.delay_ms > 0:
+            await asyncio.sleep(rule.delay_ms / 1000.0)
+        if rule.reply is not None:
+            if self.latency_ms > 0:
+                await asyncio.sleep(self._latency_s())
+            return await self._send(req, writer, 200, self._completion(req, rule.reply),
+                                    rule.headers)
+        if rule.status is not None:
+            text = rule.message or "scripted status %d" % rule.status
+            return await self._send(req, writer, rule.status,
+                                    _error_body(rule.status, text), rule.headers)
+        handler, arg = _mode_handler(rule.fault)
+        return await handler(self, req, reader, writer, arg)
+
+    async def _fail(self, req, writer, failure: str, text: str) -> bool:
+        """Answer with one of the _RANDOM_FAULTS / numeric flaky failures."""
+        if failure == "error200":
+            return await self._send(req, writer, 200, _error_body(
+                502, "provider failed", {"provider_name": "FakeProvider"}))
+        code = int(failure)
+        extra = (("Retry-After", "0"),) if code == 429 else ()
+        return await self._send(req, writer, code, _error_body(code, "%s %d" % (text, code)),
+                                extra)
 
     # ------------------------------------------------------------ modes
     def _completion(self, req: _Request, content: Any) -> bytes:
@@ -495,13 +677,21 @@ class FakeOpenRouter:
         }
         return json.dumps(reply).encode()
 
+    def _latency_s(self) -> float:
+        if self.latency_jitter > 0:
+            return self.latency_ms * self._rng.lognormvariate(0.0, self.latency_jitter) / 1000.0
+        return self.latency_ms / 1000.0
+
     async def _success(self, req, writer, content: Any, prefix: bytes = b"") -> bool:
         if self.latency_ms > 0:
-            await asyncio.sleep(self.latency_ms / 1000.0)
+            await asyncio.sleep(self._latency_s())
         return await self._send(req, writer, 200, prefix + self._completion(req, content))
 
     async def _m_echo(self, req, reader, writer, arg) -> bool:
         return await self._success(req, writer, "echo: " + _last_message_text(req.body))
+
+    async def _m_json(self, req, reader, writer, arg) -> bool:
+        return await self._success(req, writer, judge_json(_last_message_text(req.body)))
 
     async def _m_slow(self, req, reader, writer, arg) -> bool:
         await asyncio.sleep(float(arg) / 1000.0)
@@ -598,10 +788,7 @@ class FakeOpenRouter:
         if attempt > n:
             return await self._m_echo(req, reader, writer, "")
         if failure.isdigit():
-            code = int(failure)
-            extra = (("Retry-After", "0"),) if code == 429 else ()
-            return await self._send(req, writer, code,
-                                    _error_body(code, "fake flaky %d" % code), extra)
+            return await self._fail(req, writer, failure, "fake flaky")
         if failure == "error200":
             return await self._m_error200(req, reader, writer, "502")
         return await _EXACT[failure](self, req, reader, writer, "")
@@ -626,6 +813,7 @@ _EXACT: Dict[str, _Handler] = {
     "stall": FakeOpenRouter._m_stall,
     "headers": FakeOpenRouter._m_headers,
     "body": FakeOpenRouter._m_body,
+    "json": FakeOpenRouter._m_json,
 }
 # Longest prefixes first: "retry-after-ms-" must win over "retry-after-".
 _PREFIXED: Tuple[Tuple[str, _Handler], ...] = (
@@ -639,15 +827,34 @@ _PREFIXED: Tuple[Tuple[str, _Handler], ...] = (
 )
 
 
+def _mode_handler(name: str) -> Tuple[Optional[_Handler], str]:
+    """The handler of ``fake/<name>`` and its argument, or (None, "")."""
+    handler = _EXACT.get(name)
+    if handler is not None:
+        return handler, ""
+    for prefix, fn in _PREFIXED:
+        if name.startswith(prefix):
+            return fn, name[len(prefix):]
+    return None, ""
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Run the fake server in the foreground: python -m openrouter_direct._server"""
     import argparse
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8089)
-    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="added to each success (the median when --latency-jitter > 0)")
+    parser.add_argument("--latency-jitter", type=float, default=0.0,
+                        help="sigma of a log-normal spread around --latency-ms (0: fixed)")
+    parser.add_argument("--fault-rate", type=float, default=0.0,
+                        help="share of requests that fail at random with 503/502/429")
+    parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
-    with FakeOpenRouter(args.host, args.port, args.latency_ms) as server:
+    with FakeOpenRouter(args.host, args.port, args.latency_ms,
+                        latency_jitter=args.latency_jitter, fault_rate=args.fault_rate,
+                        seed=args.seed) as server:
         print("FakeOpenRouter listening on", server.base_url, flush=True)
         try:
             while True:
