@@ -336,12 +336,12 @@ static size_t on_header(char *data, size_t size, size_t n, void *ud)
         char *end;
         double ms = strtod(v, &end);
         if (end != v && ms >= 0)
-            r->retry_after_ms = (int64_t)ms;
+            r->retry_after_ms = ms < 6e7 ? (int64_t)ms : 60000000; /* capped later anyway */
     } else if (header_is(line, len, "retry-after", &v) && r->retry_after_ms < 0) {
         char *end;
         double s = strtod(v, &end);
         if (end != v && s >= 0) {
-            r->retry_after_ms = (int64_t)(s * 1000);
+            r->retry_after_ms = s < 6e4 ? (int64_t)(s * 1000) : 60000000;
         } else {
             time_t when = curl_getdate(v, NULL); /* an HTTP date */
             if (when != -1) {

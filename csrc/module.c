@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <string.h>
 #include <unistd.h>
 
 static int g_curl_ready;             /* curl_global_init done (process-wide) */
@@ -81,10 +82,15 @@ PyObject *ord_result_object(PyObject *module, ord_req *r, int *is_exception)
     if (!st->fail_hook)
         return PyUnicode_FromString("");
     PyObject *status = r->status > 0 ? PyLong_FromLong(r->status) : Py_NewRef(Py_None);
-    if (!status)
+    /* A server's message need not be valid UTF-8; the caller must still get "". */
+    const char *m = r->message ? r->message : "unknown error";
+    PyObject *msg = PyUnicode_DecodeUTF8(m, (Py_ssize_t)strlen(m), "replace");
+    if (!status || !msg) {
+        Py_XDECREF(status);
+        Py_XDECREF(msg);
         return NULL;
-    PyObject *value = PyObject_CallFunction(st->fail_hook, "(sNssKiOs)", info->name, status,
-                                            r->message ? r->message : "unknown error",
+    }
+    PyObject *value = PyObject_CallFunction(st->fail_hook, "(sNNsKiOs)", info->name, status, msg,
                                             r->model ? r->model : "", (unsigned long long)r->seq,
                                             r->attempts, r->strict ? Py_True : Py_False, exc_name);
     if (!value)

@@ -125,15 +125,21 @@ static cJSON *to_json_inner(PyObject *o, const char *what, int depth, size_t *ra
         }
         return json_string(s, n, raw);
     }
+    /* Numbers go in as text, as json.dumps writes them: cJSON prints a
+     * double with 15 significant digits whenever that reads back within
+     * DBL_EPSILON, which turns 2**53 into 9.00719925474099e+15 and
+     * 0.1 + 0.2 into 0.3. */
     if (PyLong_Check(o)) {
         int overflow = 0;
         long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
         if (v == -1 && PyErr_Occurred())
             return NULL;
-        /* Integers beyond 2**53 would lose digits as a double. */
-        if (!overflow && v <= (1LL << 53) && v >= -(1LL << 53))
-            return cJSON_CreateNumber((double)v);
-        PyObject *text = PyObject_Str(o);
+        if (!overflow) {
+            char num[32];
+            snprintf(num, sizeof num, "%lld", v);
+            return cJSON_CreateRaw(num);
+        }
+        PyObject *text = PyLong_Type.tp_repr(o); /* int subclasses too (IntEnum) */
         if (!text)
             return NULL;
         cJSON *item = cJSON_CreateRaw(PyUnicode_AsUTF8(text));
@@ -146,7 +152,12 @@ static cJSON *to_json_inner(PyObject *o, const char *what, int depth, size_t *ra
             PyErr_Format(PyExc_TypeError, "%s: %R is not a JSON number", what, o);
             return NULL;
         }
-        return cJSON_CreateNumber(d);
+        char *text = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+        if (!text)
+            return NULL;
+        cJSON *item = cJSON_CreateRaw(text);
+        PyMem_Free(text);
+        return item;
     }
     if (PyDict_Check(o)) {
         cJSON *obj = cJSON_CreateObject();
@@ -156,7 +167,16 @@ static cJSON *to_json_inner(PyObject *o, const char *what, int depth, size_t *ra
         Py_ssize_t pos = 0;
         while (PyDict_Next(o, &pos, &k, &v)) {
             PyObject *kstr = json_key(k, what);
-            const char *ks = kstr ? PyUnicode_AsUTF8(kstr) : NULL;
+            Py_ssize_t klen = 0;
+            const char *ks = kstr ? PyUnicode_AsUTF8AndSize(kstr, &klen) : NULL;
+            if (ks && (size_t)klen != strlen(ks)) {
+                /* cJSON keeps keys as C strings. */
+                PyErr_Format(PyExc_TypeError, "%s: a JSON object key with a NUL character cannot be sent",
+                             what);
+                Py_DECREF(kstr);
+                cJSON_Delete(obj);
+                return NULL;
+            }
             cJSON *item = ks ? to_json(v, what, depth + 1, raw) : NULL;
             if (!item) {
                 if (kstr && !ks) {
@@ -295,7 +315,9 @@ static int overridden(PyObject *extra, const char *name)
     Py_ssize_t pos = 0;
     while (PyDict_Next(extra, &pos, &k, &v)) {
         const char *ks = PyUnicode_Check(k) ? PyUnicode_AsUTF8(k) : NULL;
-        if (ks && strcasecmp(ks, name) == 0)
+        if (!ks)
+            PyErr_Clear(); /* check_types has vouched for every key already */
+        else if (strcasecmp(ks, name) == 0)
             return 1;
     }
     return 0;
@@ -398,11 +420,17 @@ static int check_types(const ord_call_args *a, PyObject *extra, PyObject *fallba
         }
         PyObject *k, *v;
         Py_ssize_t pos = 0;
-        while (PyDict_Next(extra, &pos, &k, &v))
+        while (PyDict_Next(extra, &pos, &k, &v)) {
             if (!PyUnicode_Check(k) || !PyUnicode_Check(v)) {
                 PyErr_SetString(PyExc_TypeError, "extra_headers must be a dict of str to str");
                 return -1;
             }
+            if (!PyUnicode_AsUTF8(k) || !PyUnicode_AsUTF8(v)) {
+                PyErr_Clear();
+                PyErr_SetString(PyExc_TypeError, "extra_headers: a name or value that is not valid Unicode");
+                return -1;
+            }
+        }
     }
     if (fallbacks) {
         if (!PyList_Check(fallbacks) && !PyTuple_Check(fallbacks)) {

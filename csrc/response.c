@@ -11,6 +11,7 @@
 #include "ord.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -107,30 +108,53 @@ char *ord_redact(const char *msg, const char *secret)
     return out;
 }
 
+#define MESSAGE_MAX 1024 /* bytes of a failure description kept for the log line */
+
+/* Redact first, cut second: cutting first could leave the head of a key
+ * that straddles the cut, which redaction would then no longer recognise. */
 static void set_message(ord_req *r, const char *msg)
 {
     free(r->message);
     r->message = ord_redact(msg, r->secret);
+    if (r->message && strlen(r->message) > MESSAGE_MAX)
+        r->message[MESSAGE_MAX] = '\0'; /* a split UTF-8 sequence is replaced when decoded */
 }
 
-/* A short, printable excerpt of a body that is not the JSON we expected. */
+/* A short, printable excerpt of a body that is not the JSON we expected.
+ * The window read is longer than the excerpt by the key's length, so a key
+ * that starts inside the excerpt is redacted whole before the cut. */
 static void set_message_excerpt(ord_req *r, const char *prefix)
 {
-    char tmp[256];
-    size_t n = r->buf_len < 120 ? r->buf_len : 120;
-    size_t o = (size_t)snprintf(tmp, sizeof tmp, "%s", prefix);
-    if (o >= sizeof tmp)
-        o = sizeof tmp - 1;
-    if (n && o + 3 < sizeof tmp) {
+    enum { EXCERPT = 120 };
+    size_t extra = r->secret ? strlen(r->secret) : 0;
+    size_t n = r->buf_len < EXCERPT + extra ? r->buf_len : EXCERPT + extra;
+    size_t plen = strlen(prefix);
+    char *tmp = malloc(plen + n + 3);
+    if (!tmp)
+        return;
+    memcpy(tmp, prefix, plen);
+    size_t o = plen;
+    if (n) {
         tmp[o++] = ':';
         tmp[o++] = ' ';
-        for (size_t i = 0; i < n && o + 1 < sizeof tmp; i++) {
+        for (size_t i = 0; i < n; i++) {
             unsigned char c = (unsigned char)r->buf[i];
             tmp[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : ' ';
         }
     }
     tmp[o] = '\0';
-    set_message(r, tmp);
+    free(r->message);
+    r->message = ord_redact(tmp, r->secret);
+    free(tmp);
+    if (r->message && strlen(r->message) > plen + 2 + EXCERPT)
+        r->message[plen + 2 + EXCERPT] = '\0';
+}
+
+/* A JSON number as a C long, or 0 when it is not a sane integer code or
+ * count: converting an out-of-range double is undefined behaviour in C. */
+static long sane_long(double d, double max)
+{
+    return (d >= 0 && d <= max) ? (long)d : 0;
 }
 
 /* {"error": {"code": 502, "message": "...", "metadata": {"provider_name": ...}}}
@@ -147,9 +171,9 @@ static int take_error_object(ord_req *r, const cJSON *root)
     if (cJSON_IsObject(err)) {
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(err, "code");
         if (cJSON_IsNumber(c))
-            code = (long)c->valuedouble;
+            code = sane_long(c->valuedouble, 999);
         else if (cJSON_IsString(c))
-            code = strtol(c->valuestring, NULL, 10);
+            code = sane_long(strtod(c->valuestring, NULL), 999);
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(err, "message");
         if (cJSON_IsString(m))
             msg = m->valuestring;
@@ -160,10 +184,16 @@ static int take_error_object(ord_req *r, const cJSON *root)
     } else if (cJSON_IsString(err)) {
         msg = err->valuestring;
     }
-    char tmp[1024];
-    snprintf(tmp, sizeof tmp, "%s%s%s%s", msg ? msg : "error object without a message",
-             provider ? " (provider " : "", provider ? provider : "", provider ? ")" : "");
-    set_message(r, tmp);
+    if (!msg)
+        msg = "error object without a message";
+    size_t n = strlen(msg) + (provider ? strlen(provider) : 0) + 16;
+    char *full = malloc(n);
+    if (full) {
+        snprintf(full, n, "%s%s%s%s", msg, provider ? " (provider " : "", provider ? provider : "",
+                 provider ? ")" : "");
+        set_message(r, full);
+        free(full);
+    }
     r->status = code;
     return 1;
 }
@@ -219,12 +249,12 @@ static void take_usage(const cJSON *root, ord_usage *u)
         return;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens");
     if (cJSON_IsNumber(v))
-        u->prompt_tokens = (long)v->valuedouble;
+        u->prompt_tokens = sane_long(v->valuedouble, 1e15);
     v = cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens");
     if (cJSON_IsNumber(v))
-        u->completion_tokens = (long)v->valuedouble;
+        u->completion_tokens = sane_long(v->valuedouble, 1e15);
     v = cJSON_GetObjectItemCaseSensitive(usage, "cost");
-    if (cJSON_IsNumber(v))
+    if (cJSON_IsNumber(v) && isfinite(v->valuedouble))
         u->cost = v->valuedouble;
     u->has_usage = 1;
 }
