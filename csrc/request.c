@@ -648,7 +648,12 @@ static char *build_body(const ord_call_args *a, const char *model, PyObject *fal
         PyObject *k, *v;
         Py_ssize_t pos = 0;
         while (PyDict_Next(a->kwargs, &pos, &k, &v)) {
-            const char *ks = PyUnicode_AsUTF8(k);
+            Py_ssize_t klen;
+            const char *ks = PyUnicode_AsUTF8AndSize(k, &klen);
+            if (ks && (size_t)klen != strlen(ks)) {
+                PyErr_SetString(PyExc_TypeError, "a keyword argument name with a NUL character cannot be sent");
+                ks = NULL;
+            }
             if (!ks) {
                 cJSON_Delete(root);
                 return NULL;

@@ -110,14 +110,34 @@ char *ord_redact(const char *msg, const char *secret)
 
 #define MESSAGE_MAX 1024 /* bytes of a failure description kept for the log line */
 
-/* Redact first, cut second: cutting first could leave the head of a key
- * that straddles the cut, which redaction would then no longer recognise. */
+/* Cut an already redacted text at max bytes. Redaction came first, so a key
+ * straddling the cut is gone; but the cut can still end in the head of a
+ * later copy of the key that redaction shortened the text into: a tail that
+ * is a prefix of the key (4 bytes or more) is masked too. */
+static void cut_redacted(char *text, size_t max, const char *secret, int cut_before)
+{
+    size_t len = strlen(text);
+    if (len <= max && !cut_before)
+        return;
+    if (len > max)
+        text[max] = '\0';
+    else
+        max = len; /* the text was cut before redaction: its tail may be a key's head */
+    size_t slen = secret ? strlen(secret) : 0;
+    for (size_t k = slen > max ? max : slen; k >= 4 && slen > 0; k--) {
+        if (memcmp(text + max - k, secret, k) == 0) {
+            memcpy(text + max - k, "***", 4);
+            return;
+        }
+    }
+}
+
 static void set_message(ord_req *r, const char *msg)
 {
     free(r->message);
     r->message = ord_redact(msg, r->secret);
-    if (r->message && strlen(r->message) > MESSAGE_MAX)
-        r->message[MESSAGE_MAX] = '\0'; /* a split UTF-8 sequence is replaced when decoded */
+    if (r->message)
+        cut_redacted(r->message, MESSAGE_MAX, r->secret, 0); /* a split UTF-8 sequence is replaced when decoded */
 }
 
 /* A short, printable excerpt of a body that is not the JSON we expected.
@@ -146,8 +166,8 @@ static void set_message_excerpt(ord_req *r, const char *prefix)
     free(r->message);
     r->message = ord_redact(tmp, r->secret);
     free(tmp);
-    if (r->message && strlen(r->message) > plen + 2 + EXCERPT)
-        r->message[plen + 2 + EXCERPT] = '\0';
+    if (r->message)
+        cut_redacted(r->message, plen + 2 + EXCERPT, r->secret, n < r->buf_len);
 }
 
 /* A JSON number as a C long, or 0 when it is not a sane integer code or
