@@ -1,0 +1,225 @@
+"""Process edge cases beyond test_process.py: multiprocessing's fork start method while the
+parent has calls in flight, interpreter exit with calls in every state, and Ctrl-C sent
+from outside to a process blocked in a call.
+
+Each scenario runs in its own interpreter with a hard timeout."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import REPO, run_py
+
+
+def test_multiprocessing_fork_pool_while_parent_has_calls_in_flight(server):
+    """As a Ray worker or a DataLoader does: fork workers while the parent's calls (async in
+    one thread, sync in another) are on the wire, queued and backing off. The workers call
+    at once (sync and async) with an engine of their own; the parent's calls all finish."""
+    code = r'''
+import asyncio, multiprocessing as mp, os, threading, time, openrouter_direct as od
+od.configure(max_concurrent_calls=4)
+parent = {}
+def async_calls():
+    async def main():
+        slow = [od.run_openrouter_async("fake/slow-500", "pa-%d" % i) for i in range(6)]
+        flaky = [od.run_openrouter_async("fake/retry-after-1", "pb-%d" % i, num_retries=0)
+                 for i in range(2)]
+        return await asyncio.gather(*(slow + flaky))
+    parent["async"] = asyncio.run(main())
+def sync_call():
+    parent["sync"] = od.run_openrouter("fake/flaky-1-503", "ps", num_retries=2)
+threads = [threading.Thread(target=async_calls), threading.Thread(target=sync_call)]
+for t in threads:
+    t.start()
+time.sleep(0.2)
+busy = od.stats()
+assert busy["in_flight"] + busy["queued"] >= 4, busy
+
+def work(i):
+    s0 = od.stats()
+    a = od.run_openrouter("fake/echo", "w-%d" % i, timeout=10)
+    b = asyncio.run(od.run_openrouter_async("fake/flaky-1-reset-midbody", "wa-%d" % i,
+                                            timeout=10))
+    s1 = od.stats()
+    return a, b, s0["in_flight"] + s0["queued"], s1["calls"] - s0["calls"], os.getpid()
+
+if __name__ == "__main__":
+    with mp.get_context("fork").Pool(3) as pool:
+        out = pool.map(work, range(12))
+    for i, (a, b, inherited, calls, pid) in enumerate(out):
+        assert a == "echo: w-%d" % i and b == "echo: wa-%d" % i, (a, b)
+        assert inherited == 0 and calls == 2, out[i]
+        assert pid != os.getpid()
+    for t in threads:
+        t.join(20)
+    assert parent["async"][:6] == ["echo: pa-%d" % i for i in range(6)], parent
+    assert parent["async"][6:] == ["", ""], parent
+    assert parent["sync"] == "echo: ps", parent
+    s = od.stats()
+    assert s["in_flight"] == 0 and s["queued"] == 0, s
+    print("ok")
+'''
+    proc = run_py(code, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+    assert server.attempts_for("pa-") == 6
+
+
+def test_repeated_fork_processes_during_a_stream_of_calls(server):
+    """Twenty short-lived fork children, each started while the parent keeps calling."""
+    code = r'''
+import asyncio, multiprocessing as mp, threading, openrouter_direct as od
+stop = threading.Event()
+count = [0]
+def stream():
+    async def main():
+        while not stop.is_set():
+            got = await asyncio.gather(*(od.run_openrouter_async("fake/slow-5", "st-%d" % i)
+                                         for i in range(8)))
+            assert got == ["echo: st-%d" % i for i in range(8)], got
+            count[0] += 1
+    asyncio.run(main())
+def child(q, i):
+    q.put(od.run_openrouter("fake/echo", "fc-%d" % i, timeout=10))
+if __name__ == "__main__":
+    t = threading.Thread(target=stream)
+    t.start()
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    for i in range(20):
+        p = ctx.Process(target=child, args=(q, i))
+        p.start()
+        assert q.get(timeout=20) == "echo: fc-%d" % i
+        p.join(10)
+        assert p.exitcode == 0, p.exitcode
+    stop.set()
+    t.join(20)
+    assert not t.is_alive() and count[0] > 0
+    print("ok")
+'''
+    proc = run_py(code, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+EXIT_ALL_STATES = r'''
+import asyncio, threading, time, openrouter_direct as od
+od.configure(max_concurrent_calls=2)
+def async_runner():
+    async def main():
+        await asyncio.gather(
+            *(od.run_openrouter_async("fake/stall", "ex-wire-%d" % i) for i in range(2)),
+            *(od.run_openrouter_async("fake/echo", "ex-queued-%d" % i) for i in range(3)),
+            *(od.run_openrouter_async("fake/retry-after-30", "ex-backoff-%d" % i,
+                                      num_retries=2) for i in range(3)))
+    asyncio.run(main())
+def sync_runner(i):
+    od.run_openrouter("fake/retry-after-30", "ex-sync-%d" % i, num_retries=2)
+ts = [threading.Thread(target=async_runner, daemon=DAEMON)]
+ts += [threading.Thread(target=sync_runner, args=(i,), daemon=DAEMON) for i in range(2)]
+for t in ts:
+    t.start()
+deadline = time.monotonic() + 5
+while time.monotonic() < deadline:
+    s = od.stats()
+    if s["in_flight"] == 2 and s["queued"] >= 6:
+        break
+    time.sleep(0.02)
+print("states", s["in_flight"], s["queued"], flush=True)
+'''
+
+
+@pytest.mark.parametrize("daemon", [True, False], ids=["daemon", "non_daemon"])
+def test_interpreter_exits_promptly_with_calls_queued_on_the_wire_and_backing_off(server,
+                                                                                  daemon):
+    t0 = time.monotonic()
+    proc = run_py(EXIT_ALL_STATES.replace("DAEMON", str(daemon)), timeout=60)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("states 2 "), proc.stdout
+    assert int(proc.stdout.split()[2]) >= 6, proc.stdout
+    assert elapsed < 6, elapsed
+    assert "Fatal Python error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+# --------------------------------------------------------------------- Ctrl-C
+def spawn(code):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+
+
+def interrupt_when_ready(proc, server, prompt, ready_attempts=1):
+    """Wait until the server has seen the call, then Ctrl-C the process; returns the
+    seconds from the signal to the process's exit and its output."""
+    deadline = time.monotonic() + 15
+    while server.attempts_for(prompt) < ready_attempts and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.attempts_for(prompt) >= ready_attempts, "the call never reached the server"
+    time.sleep(0.1)  # now blocked (on the wire, or in the backoff before a retry)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError("no exit within 10 s of SIGINT:\n" + err)
+    return time.monotonic() - t0, out, err
+
+
+CTRL_C_SYNC = r'''
+import time, openrouter_direct as od
+try:
+    od.run_openrouter(MODEL, PROMPT, num_retries=3, timeout=60)
+    print("returned")
+except KeyboardInterrupt:
+    t0 = time.monotonic()
+    while (od.stats()["in_flight"] or od.stats()["queued"]) and time.monotonic() - t0 < 1:
+        time.sleep(0.01)
+    s = od.stats()
+    print("interrupted", s["in_flight"], s["queued"], s["cancelled"])
+    # the engine still works after the interrupt
+    print(od.run_openrouter("fake/echo", "after-ctrl-c", timeout=10))
+'''
+
+
+@pytest.mark.parametrize("model", ["fake/stall", "fake/retry-after-30"],
+                         ids=["on_the_wire", "in_backoff"])
+def test_ctrl_c_from_outside_interrupts_a_sync_call_in_the_main_thread(server, model):
+    prompt = "ctrl-c-%s" % model.replace("/", "-")
+    proc = spawn(CTRL_C_SYNC.replace("MODEL", repr(model)).replace("PROMPT", repr(prompt)))
+    elapsed, out, err = interrupt_when_ready(proc, server, prompt)
+    assert elapsed < 1.0, (elapsed, out, err)
+    lines = out.splitlines()
+    assert lines and lines[0] == "interrupted 0 0 1", (out, err)
+    assert lines[1] == "echo: after-ctrl-c"
+    assert proc.returncode == 0, err
+    assert server.attempts_for(prompt) == 1
+
+
+def test_ctrl_c_from_outside_interrupts_asyncio_run_with_calls_in_flight(server):
+    code = r'''
+import asyncio, time, openrouter_direct as od
+async def main():
+    await asyncio.gather(*(od.run_openrouter_async("fake/stall", "ctrl-c-async-%d" % i)
+                           for i in range(20)))
+try:
+    asyncio.run(main())
+except KeyboardInterrupt:
+    t0 = time.monotonic()
+    while (od.stats()["in_flight"] or od.stats()["queued"]) and time.monotonic() - t0 < 1:
+        time.sleep(0.01)
+    s = od.stats()
+    print("interrupted", s["in_flight"], s["queued"], s["cancelled"])
+'''
+    proc = spawn(code)
+    elapsed, out, err = interrupt_when_ready(proc, server, "ctrl-c-async-", ready_attempts=10)
+    assert elapsed < 1.5, (elapsed, out, err)
+    assert out.strip() == "interrupted 0 0 20", (out, err)
+    assert proc.returncode == 0, err
