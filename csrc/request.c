@@ -474,15 +474,20 @@ static int read_limits(ord_req *r, PyObject *kwargs)
         if (timeout == -1.0 && PyErr_Occurred())
             return -1;
     }
+    /* Clamped before any conversion to an integer: out of range, that
+     * conversion is undefined behaviour (timeout=1e40 from the fuzzer). A
+     * year is "no timeout" for any call. */
+    const double year_s = 365.0 * 86400.0, day_s = 86400.0;
     if (!(timeout > 0) || !isfinite(timeout))
         timeout = 600.0;
+    if (timeout > year_s)
+        timeout = year_s;
     r->timeout_ms = (long)ceil(timeout * 1000.0);
     r->connect_timeout_ms = r->timeout_ms < 10000 ? r->timeout_ms : 10000;
-    r->base_delay_ms = env_double("OPENROUTER_RETRY_BASE_DELAY", 0.5) * 1000.0;
-    r->max_delay_ms = env_double("OPENROUTER_RETRY_MAX_DELAY", 8.0) * 1000.0;
-    r->max_response = (curl_off_t)env_double("OPENROUTER_MAX_RESPONSE_BYTES", 64.0 * 1024 * 1024);
-    if (r->max_response <= 0)
-        r->max_response = 64LL * 1024 * 1024;
+    r->base_delay_ms = fmin(env_double("OPENROUTER_RETRY_BASE_DELAY", 0.5), day_s) * 1000.0;
+    r->max_delay_ms = fmin(env_double("OPENROUTER_RETRY_MAX_DELAY", 8.0), day_s) * 1000.0;
+    double cap = env_double("OPENROUTER_MAX_RESPONSE_BYTES", 64.0 * 1024 * 1024);
+    r->max_response = (curl_off_t)(cap < 1 ? 64.0 * 1024 * 1024 : fmin(cap, 0x1p62));
     PyObject *strict = kwargs ? PyDict_GetItemString(kwargs, "raise_on_error") : NULL;
     if (strict && strict != Py_None) {
         int s = PyObject_IsTrue(strict);

@@ -423,6 +423,13 @@ def test_numbers_are_sent_exactly(od, server, value):
     assert sent == value and type(sent) is type(value)
 
 
+def test_huge_timeout_is_accepted_and_the_call_completes(od, server):
+    """timeout=1e40 (found by the request fuzzer): converting it to milliseconds as a C long
+    was undefined behaviour; it is clamped to a year."""
+    p = uniq()
+    assert od.run_openrouter("fake/echo", p, timeout=1e40) == "echo: " + p
+
+
 def test_object_keys_with_nul_are_refused_with_a_type_error(od, server):
     """cJSON keeps object keys as C strings, so a key with a NUL cannot be sent exactly:
     the call refuses it at once rather than send a different key."""
