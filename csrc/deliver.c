@@ -229,20 +229,32 @@ static PyObject *channel_drain(PyObject *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-/* Detach from the engine: cancel what is still waiting, stop watching the
- * fd, close it. Used by the sweep and at interpreter exit. */
+/* Each request still keyed in the map holds a submitter reference: cancel
+ * it and let go. After ord_chan_close the engine's later posts for this
+ * channel are turned away, and the fd is closed. */
+static void release_native(ChannelObject *ch)
+{
+    if (ch->futures) {
+        PyObject *key, *value;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(ch->futures, &pos, &key, &value)) {
+            ord_req *r = PyLong_AsVoidPtr(key);
+            ord_engine_cancel(r);
+            ord_req_decref(r);
+        }
+        PyDict_Clear(ch->futures);
+    }
+    ord_chan_close(ch->chan);
+    ord_chan_decref(ch->chan);
+    ch->chan = NULL;
+}
+
+/* Detach from the engine when the loop has gone (the sweep): stop watching
+ * the fd unless the loop is closed already, then release. */
 static void channel_close(ChannelObject *ch, int loop_closed)
 {
     if (!ch->chan)
         return;
-    PyObject *key, *value;
-    Py_ssize_t pos = 0;
-    while (PyDict_Next(ch->futures, &pos, &key, &value)) {
-        ord_req *r = PyLong_AsVoidPtr(key);
-        ord_engine_cancel(r);
-        ord_req_decref(r);
-    }
-    PyDict_Clear(ch->futures);
     if (!loop_closed && ch->loop) {
         ord_state *st = ord_get_state(ch->module);
         PyObject *fd = PyLong_FromLong(ch->chan->fd);
@@ -252,9 +264,7 @@ static void channel_close(ChannelObject *ch, int loop_closed)
             PyErr_Clear(); /* the loop may be half torn down; the fd goes anyway */
         Py_XDECREF(res);
     }
-    ord_chan_close(ch->chan);
-    ord_chan_decref(ch->chan);
-    ch->chan = NULL;
+    release_native(ch);
 }
 
 static int loop_is_closed(ord_state *st, PyObject *loop)
@@ -331,12 +341,7 @@ PyObject *ord_channel_for_loop(PyObject *module, PyObject *loop)
     }
     return (PyObject *)obj;
 error:
-    if (obj->chan) {
-        ord_chan_close(obj->chan);
-        ord_chan_decref(obj->chan);
-        obj->chan = NULL;
-    }
-    Py_DECREF(obj);
+    Py_DECREF(obj); /* dealloc releases the native part, if any */
     return NULL;
 }
 
@@ -383,21 +388,8 @@ static void channel_dealloc(ChannelObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
-    if (self->chan) {
-        /* Requests still keyed in the map hold a submitter reference each. */
-        if (self->futures) {
-            PyObject *key, *value;
-            Py_ssize_t pos = 0;
-            while (PyDict_Next(self->futures, &pos, &key, &value)) {
-                ord_req *r = PyLong_AsVoidPtr(key);
-                ord_engine_cancel(r);
-                ord_req_decref(r);
-            }
-        }
-        ord_chan_close(self->chan);
-        ord_chan_decref(self->chan);
-        self->chan = NULL;
-    }
+    if (self->chan)
+        release_native(self);
     channel_clear(self);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
