@@ -417,6 +417,13 @@ static void count_status(long status)
         g_stats.status_count[status]++;
 }
 
+/* Calls on the wire, and calls waiting for a slot or a retry; g_stats_mu held. */
+static void set_gauges_locked(const engine *e)
+{
+    g_stats.in_flight = e->n_active;
+    g_stats.queued = e->n_pending + (long)e->heap_len;
+}
+
 /* The engine's reference goes to the channel (or is dropped if cancelled). */
 static void finish(engine *e, ord_req *r, ord_reason reason, const ord_usage *u)
 {
@@ -429,8 +436,7 @@ static void finish(engine *e, ord_req *r, ord_reason reason, const ord_usage *u)
     pthread_mutex_lock(&g_stats_mu);
     /* Gauges first: whoever reads stats() after this call returns must not
      * still see it in flight. */
-    g_stats.in_flight = e->n_active;
-    g_stats.queued = e->n_pending + (long)e->heap_len;
+    set_gauges_locked(e);
     if (reason == ORD_CANCELLED) {
         g_stats.cancelled++;
     } else {
@@ -569,24 +575,36 @@ static void on_done(engine *e, ord_req *r, CURLcode rc)
     finish(e, r, reason, &usage);
 }
 
-static void cancel_one(engine *e, ord_req *r)
+/* Take r out of whichever engine structure holds it. Returns 0 when it had
+ * finished already (its result is simply not delivered). */
+static int take_out(engine *e, ord_req *r)
 {
     switch (r->state) {
     case ORD_ST_PENDING:
         pend_unlink(e, r);
-        finish(e, r, ORD_CANCELLED, NULL);
-        break;
+        return 1;
     case ORD_ST_ACTIVE:
         detach(e, r);
-        finish(e, r, ORD_CANCELLED, NULL);
-        break;
+        return 1;
     case ORD_ST_BACKOFF:
         heap_remove(e, r);
-        finish(e, r, ORD_CANCELLED, NULL);
-        break;
+        return 1;
     default:
-        break; /* already finished: its result is simply not delivered */
+        return 0;
     }
+}
+
+static void cancel_one(engine *e, ord_req *r)
+{
+    if (take_out(e, r))
+        finish(e, r, ORD_CANCELLED, NULL);
+}
+
+static void fail_shutdown(engine *e, ord_req *r)
+{
+    take_out(e, r);
+    ord_req_fail(r, ORD_SHUTDOWN, 0, "the interpreter is exiting");
+    finish(e, r, ORD_SHUTDOWN, NULL);
 }
 
 static void fail_everything(engine *e, ord_req *inbox)
@@ -595,31 +613,18 @@ static void fail_everything(engine *e, ord_req *inbox)
         n = r->next;
         pend_push_back(e, r);
     }
-    while (e->pend_head) {
-        ord_req *r = e->pend_head;
-        pend_unlink(e, r);
-        ord_req_fail(r, ORD_SHUTDOWN, 0, "the interpreter is exiting");
-        finish(e, r, ORD_SHUTDOWN, NULL);
-    }
-    while (e->heap_len) {
-        ord_req *r = e->heap[0];
-        heap_remove(e, r);
-        ord_req_fail(r, ORD_SHUTDOWN, 0, "the interpreter is exiting");
-        finish(e, r, ORD_SHUTDOWN, NULL);
-    }
-    while (e->act_head) {
-        ord_req *r = e->act_head;
-        detach(e, r);
-        ord_req_fail(r, ORD_SHUTDOWN, 0, "the interpreter is exiting");
-        finish(e, r, ORD_SHUTDOWN, NULL);
-    }
+    while (e->pend_head)
+        fail_shutdown(e, e->pend_head);
+    while (e->heap_len)
+        fail_shutdown(e, e->heap[0]);
+    while (e->act_head)
+        fail_shutdown(e, e->act_head);
 }
 
 static void publish_gauges(engine *e)
 {
     pthread_mutex_lock(&g_stats_mu);
-    g_stats.in_flight = e->n_active;
-    g_stats.queued = e->n_pending + (long)e->heap_len;
+    set_gauges_locked(e);
     pthread_mutex_unlock(&g_stats_mu);
 }
 
