@@ -322,3 +322,62 @@ def test_env_base_url_is_read_per_call(od, server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_BASE", "http://127.0.0.1:%d/other/base" % server.port)
     arun(od.run_openrouter_async("fake/echo", prompt))
     assert only_request(server, prompt)["path"] == "/other/base/chat/completions"
+
+
+def _random_text(rng, n):
+    """Text that exercises the escaper: every control character, quotes, backslashes, multi-byte
+    characters, and runs long enough to cross the 8-byte blocks the scanner reads."""
+    pool = ([chr(c) for c in range(0x20)] + ['"', "\\", "/", "é", "—", "漢", "😀", "\u2028"]
+            + [" "] * 4 + list("abcdefghijklmnopqrstuvwxyz"))
+    out = []
+    while len(out) < n:
+        if rng.random() < 0.3:
+            out.append("x" * rng.randrange(1, 40))
+        else:
+            out.append(rng.choice(pool))
+    return "".join(out)[:n]
+
+
+def _random_value(rng, depth=0):
+    kind = rng.randrange(8 if depth < 4 else 5)
+    if kind == 0:
+        return _random_text(rng, rng.randrange(0, 70))
+    if kind == 1:
+        return rng.choice([0, -1, 2**53 + 1, -(2**70), 7])
+    if kind == 2:
+        return rng.choice([0.1 + 0.2, 1e300, -2.5, 1e-7, 3.0])
+    if kind == 3:
+        return rng.choice([None, True, False])
+    if kind == 4:
+        return _random_text(rng, rng.randrange(100, 300))
+    if kind == 5:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(0, 4))]
+    if kind == 6:
+        return tuple(_random_value(rng, depth + 1) for _ in range(rng.randrange(0, 3)))
+    return {_random_text(rng, rng.randrange(0, 12)): _random_value(rng, depth + 1)
+            for _ in range(rng.randrange(0, 4))}
+
+
+def test_body_bytes_are_exactly_what_json_dumps_writes(od, server):
+    """The body is written directly in C; byte for byte it must be json.dumps' compact output
+    (ensure_ascii=False), for random prompts and kwargs."""
+    import random
+    rng = random.Random(20261127)
+    for i in range(60):
+        tag = uniq(f"exact{i}-")
+        user = tag + _random_text(rng, rng.randrange(0, 600))
+        system = _random_text(rng, rng.randrange(0, 90)) if i % 3 else None
+        extra = {f"k{j}": _random_value(rng) for j in range(rng.randrange(0, 4))}
+        out = bounded(od.run_openrouter, "fake/echo", user, system, **extra)
+        # The reply is parsed by cJSON, whose strings end at a NUL: compare up to one.
+        assert out == ("echo: " + user).split("\x00")[0]
+        (req,) = server.requests_for(tag)
+        messages = ([{"role": "system", "content": system}] if system is not None else [])
+        messages.append({"role": "user", "content": user})
+        expected = {"model": "fake/echo", "messages": messages, "temperature": 0,
+                    "max_tokens": 800, "top_p": 1, "frequency_penalty": 0,
+                    "presence_penalty": 0}
+        # A top-level kwarg set to None means "not set" (as in LiteLLM): it is left out.
+        expected.update((k, v) for k, v in extra.items() if v is not None)
+        want = json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
+        assert req["raw"] == want, (i, req["raw"][:200], want[:200])
