@@ -59,7 +59,7 @@ typedef struct {
     uint64_t rng;
     int64_t timer_due;             /* libcurl's timeout (monotonic ms), -1: none */
     long cache_for;                /* the cap CURLMOPT_MAXCONNECTS was sized for */
-    unsigned char *watched;        /* watched[fd]: fd is in the epoll set for libcurl */
+    unsigned char *watched;        /* watched[fd]: FD_* state of each fd libcurl gave us */
     size_t watched_cap;
 } engine;
 
@@ -364,6 +364,10 @@ static CURL *easy_get(engine *e)
 
 static void easy_put(engine *e, CURL *h)
 {
+    /* Needed, though setting up again costs: a handle reused without it
+     * keeps per-transfer state, such as libcurl's count of resends on dead
+     * reused connections, which then runs out across calls
+     * (tests/test_fault_matrix.py caught it). */
     curl_easy_reset(h);
     if (e->pool_len == e->pool_cap) {
         size_t cap = e->pool_cap ? e->pool_cap * 2 : 64;
@@ -377,6 +381,9 @@ static void easy_put(engine *e, CURL *h)
     }
     e->pool[e->pool_len++] = h;
 }
+
+static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *a);
+static int on_close_socket(void *clientp, curl_socket_t fd);
 
 static void setup_easy(engine *e, CURL *h, ord_req *r)
 {
@@ -406,6 +413,10 @@ static void setup_easy(engine *e, CURL *h, ord_req *r)
     curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 30L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPINTVL, 15L);
     curl_easy_setopt(h, CURLOPT_USERAGENT, "openrouter_direct/0.1");
+    curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    curl_easy_setopt(h, CURLOPT_OPENSOCKETDATA, e);
+    curl_easy_setopt(h, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+    curl_easy_setopt(h, CURLOPT_CLOSESOCKETDATA, e);
     if (r->cainfo)
         curl_easy_setopt(h, CURLOPT_CAINFO, r->cainfo);
 }
@@ -628,49 +639,125 @@ static void publish_gauges(engine *e)
     pthread_mutex_unlock(&g_stats_mu);
 }
 
-/* ---- libcurl's sockets and timer, on our epoll set ---- */
-static int watch(engine *e, curl_socket_t fd, int on)
+/* ---- libcurl's sockets and timer, on our epoll set ----
+ *
+ * Per fd, a byte of state. A kept-alive connection stays in the epoll set
+ * between calls: libcurl drops its interest (CURL_POLL_REMOVE) when a
+ * transfer ends and asks again when the next one starts, and following that
+ * literally cost three epoll_ctl calls per call (a fifth of the engine's
+ * system time at 40,000 calls/s). That is safe only for sockets whose
+ * close we see, so libcurl opens and closes its connections through our
+ * callbacks (FD_OURS); any other fd it hands us (the threaded resolver's)
+ * is added and deleted exactly as asked. */
+enum {
+    FD_IN = 1, FD_OUT = 2, /* the events registered */
+    FD_REG = 4,            /* in the epoll set */
+    FD_WANT = 8,           /* libcurl is waiting on it now */
+    FD_OURS = 16,          /* opened by on_open_socket: its close comes to on_close_socket */
+};
+
+static unsigned char *fd_slot(engine *e, curl_socket_t fd)
 {
     if (fd < 0)
-        return -1;
+        return NULL;
     if ((size_t)fd >= e->watched_cap) {
-        if (!on)
-            return 0;
         size_t cap = e->watched_cap ? e->watched_cap : 1024;
         while (cap <= (size_t)fd)
             cap *= 2;
         unsigned char *w = realloc(e->watched, cap);
         if (!w)
-            return -1;
+            return NULL;
         memset(w + e->watched_cap, 0, cap - e->watched_cap);
         e->watched = w;
         e->watched_cap = cap;
     }
-    e->watched[fd] = (unsigned char)on;
+    return &e->watched[fd];
+}
+
+static unsigned fd_state(const engine *e, int fd)
+{
+    return fd >= 0 && (size_t)fd < e->watched_cap ? e->watched[fd] : 0;
+}
+
+static int fd_register(engine *e, curl_socket_t fd, unsigned mask)
+{
+    unsigned char *s = fd_slot(e, fd);
+    if (!s)
+        return -1;
+    if ((*s & (FD_OURS | FD_REG)) == (FD_OURS | FD_REG) && (*s & (FD_IN | FD_OUT)) == mask)
+        return 0;
+    struct epoll_event ev = {0};
+    ev.data.fd = fd;
+    ev.events = ((mask & FD_IN) ? EPOLLIN : 0) | ((mask & FD_OUT) ? EPOLLOUT : 0);
+    int op = (*s & FD_REG) ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(e->ep, op, fd, &ev) < 0) {
+        /* Our record can be wrong only for an fd whose close we did not
+         * see: the kernel knows better, try the other way. */
+        int other = op == EPOLL_CTL_ADD ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+        if (epoll_ctl(e->ep, other, fd, &ev) < 0)
+            return -1;
+    }
+    *s = (unsigned char)((*s & FD_OURS) | FD_REG | mask);
     return 0;
 }
 
-/* CURLMOPT_SOCKETFUNCTION. REMOVE comes before libcurl closes the socket:
- * deleting it from the set then matters after a fork, when the child's copy
- * of the socket would otherwise keep a dead registration alive here. */
+/* Deleting matters after a fork: the child's copy of a socket keeps its
+ * registration here alive past our close. */
+static void fd_unregister(engine *e, curl_socket_t fd)
+{
+    if (fd_state(e, fd) & FD_REG)
+        epoll_ctl(e->ep, EPOLL_CTL_DEL, fd, NULL);
+    if (fd >= 0 && (size_t)fd < e->watched_cap)
+        e->watched[fd] &= FD_OURS;
+}
+
+/* CURLMOPT_SOCKETFUNCTION */
 static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
     (void)easy;
     (void)socketp;
     engine *e = userp;
     if (what == CURL_POLL_REMOVE) {
-        epoll_ctl(e->ep, EPOLL_CTL_DEL, fd, NULL);
-        watch(e, fd, 0);
+        unsigned st = fd_state(e, fd);
+        if ((st & FD_OURS) && !(st & FD_OUT))
+            e->watched[fd] &= (unsigned char)~FD_WANT; /* parked: see the top of this part */
+        else
+            fd_unregister(e, fd);
         return 0;
     }
-    struct epoll_event ev = {0};
-    ev.data.fd = fd;
-    ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
-    if (epoll_ctl(e->ep, EPOLL_CTL_MOD, fd, &ev) < 0) {
-        if (errno != ENOENT || epoll_ctl(e->ep, EPOLL_CTL_ADD, fd, &ev) < 0)
-            return -1;
+    unsigned mask = ((what & CURL_POLL_IN) ? FD_IN : 0) | ((what & CURL_POLL_OUT) ? FD_OUT : 0);
+    if (fd_register(e, fd, mask) < 0)
+        return -1;
+    e->watched[fd] |= FD_WANT;
+    return 0;
+}
+
+/* CURLOPT_OPENSOCKETFUNCTION: the default's socket(), plus close-on-exec
+ * (a subprocess of the trainer has no use for our connections). */
+static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    engine *e = clientp;
+    (void)purpose;
+    int fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    if (fd < 0)
+        return CURL_SOCKET_BAD;
+    unsigned char *s = fd_slot(e, fd);
+    if (!s) {
+        close(fd);
+        return CURL_SOCKET_BAD;
     }
-    return watch(e, fd, 1);
+    *s = FD_OURS; /* a new socket: what the number meant before is gone */
+    return fd;
+}
+
+/* CURLOPT_CLOSESOCKETFUNCTION */
+static int on_close_socket(void *clientp, curl_socket_t fd)
+{
+    engine *e = clientp;
+    fd_unregister(e, fd);
+    if (fd >= 0 && (size_t)fd < e->watched_cap)
+        e->watched[fd] = 0;
+    return close(fd);
 }
 
 /* CURLMOPT_TIMERFUNCTION: libcurl wants socket_action(TIMEOUT) then. */
@@ -776,8 +863,15 @@ static void *engine_main(void *arg)
                 (void)got;
                 continue;
             }
-            if ((size_t)fd >= e->watched_cap || !e->watched[fd]) {
-                epoll_ctl(e->ep, EPOLL_CTL_DEL, fd, NULL); /* stale: libcurl is done with it */
+            unsigned st = fd_state(e, fd);
+            if (!(st & FD_WANT)) {
+                /* A parked connection that the server closed (or wrote to
+                 * unasked): libcurl finds out when it next picks it, so
+                 * stop listening until then. Or a stale registration. */
+                if (st & FD_REG)
+                    fd_unregister(e, fd);
+                else
+                    epoll_ctl(e->ep, EPOLL_CTL_DEL, fd, NULL);
                 continue;
             }
             uint32_t x = evs[i].events;
