@@ -881,6 +881,7 @@ static void *engine_main(void *arg)
         }
         reap(e);
     }
+    ord_parse_thread_done();
     return NULL;
 }
 
