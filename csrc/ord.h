@@ -62,6 +62,7 @@ typedef struct {
 #define ORD_ATTEMPT_LOG 16
 
 struct ord_chan;
+struct ord_hdrs;
 
 /* Request states, owned by the engine thread. */
 enum { ORD_ST_NEW, ORD_ST_PENDING, ORD_ST_ACTIVE, ORD_ST_BACKOFF, ORD_ST_DONE };
@@ -80,6 +81,7 @@ typedef struct ord_req {
     char *body;
     size_t body_len;
     struct curl_slist *headers;
+    struct ord_hdrs *shared_headers; /* when set, headers belongs to it (request.c) */
     char *cainfo;                 /* NULL: libcurl's default bundle */
     char *secret;                 /* the key, only to redact it from messages */
     char *model;                  /* for log lines */
@@ -121,6 +123,7 @@ typedef struct ord_req {
 ord_req *ord_req_new(void);
 void ord_req_incref(ord_req *r);
 void ord_req_decref(ord_req *r);
+void ord_hdrs_decref(struct ord_hdrs *h);
 /* Record a failure that happens before the request reaches the engine. */
 void ord_req_fail(ord_req *r, ord_reason reason, long status, const char *msg);
 

@@ -70,16 +70,52 @@ static void jw_put(jw *w, const char *s, size_t n)
 /* s: a string literal (sizeof counts its bytes) */
 #define JW_LIT(w, s) jw_put((w), "" s, sizeof(s) - 1)
 
-/* Eight bytes at a time: is any of them a control character, '"' or '\\'?
- * (The classic "has a zero byte" test, applied three ways.) Prompts are
- * kilobytes of text with an escape every line or so. */
-static inline int needs_escape8(uint64_t x)
+/* The first byte in [p, end) that a JSON string must escape (a control
+ * character, '"' or '\\'), or end. Prompts are kilobytes of text with an
+ * escape every line or so, so the scan goes 16 bytes at a time (SSE2, part of
+ * every x86-64) or 8 (the "has a zero byte" trick, elsewhere); in both, the
+ * lowest flagged byte is exact. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+static const unsigned char *plain_run(const unsigned char *p, const unsigned char *end)
+{
+    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f);
+    while (end - p >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)p);
+        __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
+                                 _mm_cmpeq_epi8(_mm_max_epu8(x, ctl), ctl)); /* x <= 0x1f */
+        int bits = _mm_movemask_epi8(m);
+        if (bits)
+            return p + __builtin_ctz((unsigned)bits);
+        p += 16;
+    }
+    while (p < end && *p >= 0x20 && *p != '"' && *p != '\\')
+        p++;
+    return p;
+}
+#else
+static const unsigned char *plain_run(const unsigned char *p, const unsigned char *end)
 {
     const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-    uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
-    uint64_t t = ((x - ones * 0x20) | (q - ones) | (b - ones)) & ~x & highs;
-    return t != 0;
+    while (end - p >= 8) {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+        uint64_t t = ((x - ones * 0x20) | (q - ones) | (b - ones)) & ~x & highs;
+        if (t) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            return p + (__builtin_ctzll(t) >> 3);
+#else
+            break;
+#endif
+        }
+        p += 8;
+    }
+    while (p < end && *p >= 0x20 && *p != '"' && *p != '\\')
+        p++;
+    return p;
 }
+#endif
 
 static void jw_string(jw *w, const char *s, size_t n)
 {
@@ -92,15 +128,7 @@ static void jw_string(jw *w, const char *s, size_t n)
     w->p[w->len++] = '"';
     while (p < end) {
         const unsigned char *run = p;
-        while (end - p >= 8) {
-            uint64_t x;
-            memcpy(&x, p, 8);
-            if (needs_escape8(x))
-                break;
-            p += 8;
-        }
-        while (p < end && *p >= 0x20 && *p != '"' && *p != '\\')
-            p++;
+        p = plain_run(p, end);
         size_t k = (size_t)(p - run);
         if (jw_reserve(w, k + 7) < 0)
             return;
@@ -399,10 +427,9 @@ static int overridden(PyObject *extra, const char *name)
 }
 
 /* Returns 0, -1 (exception set), or 1 (bad header: r already failed). */
-static int build_headers(ord_req *r, const char *key, PyObject *extra)
+static int build_headers(ord_req *r, const char *key, PyObject *extra, const char *referer,
+                         const char *title)
 {
-    const char *referer = env_nonempty("OPENROUTER_REFERER");
-    const char *title = env_nonempty("OPENROUTER_TITLE");
     struct {
         const char *name, *value;
     } std[] = {
@@ -449,6 +476,99 @@ static int build_headers(ord_req *r, const char *key, PyObject *extra)
                      "a header value contains CR or LF (OPENROUTER_TITLE, OPENROUTER_REFERER, the "
                      "API key or extra_headers); the call was not sent");
     return rc;
+}
+
+
+/* ---- the header list, shared between calls ----
+ *
+ * Nearly every call of a process sends the same headers (one key, one
+ * referer, one title, no extra_headers), and building the list costs a dozen
+ * small allocations. So the list of the last such call is kept and shared,
+ * reference counted, by every later call that would build the same one. Only
+ * touched with the GIL held, except the count, which the engine thread may
+ * drop last. */
+struct ord_hdrs {
+    atomic_int refs;
+    struct curl_slist *list;
+    char *key, *referer, *title;  /* what the list was built from; NULL: unset */
+};
+
+static struct ord_hdrs *g_hdrs;  /* the cached list; GIL held */
+
+static void wipe_free(char *s)
+{
+    if (!s)
+        return;
+    volatile char *p = s;
+    while (*p)
+        *p++ = 0;
+    free(s);
+}
+
+void ord_hdrs_decref(struct ord_hdrs *h)
+{
+    if (!h || atomic_fetch_sub_explicit(&h->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    curl_slist_free_all(h->list);
+    wipe_free(h->key);
+    free(h->referer);
+    free(h->title);
+    free(h);
+}
+
+static int same_opt(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static char *dup_opt(const char *s, int *oom)
+{
+    char *d = s ? strdup(s) : NULL;
+    if (s && !d)
+        *oom = 1;
+    return d;
+}
+
+/* r's headers: the shared list when it fits, else a list of its own (which
+ * becomes the shared one when the call has no extra_headers). Returns as
+ * build_headers. */
+static int take_headers(ord_req *r, const char *key, PyObject *extra)
+{
+    const char *referer = env_nonempty("OPENROUTER_REFERER");
+    const char *title = env_nonempty("OPENROUTER_TITLE");
+    int plain = !extra || PyDict_GET_SIZE(extra) == 0;
+    struct ord_hdrs *h = g_hdrs;
+    if (plain && h && strcmp(h->key, key) == 0 && same_opt(h->referer, referer) &&
+        same_opt(h->title, title)) {
+        atomic_fetch_add_explicit(&h->refs, 1, memory_order_relaxed);
+        r->headers = h->list;
+        r->shared_headers = h;
+        return 0;
+    }
+    int rc = build_headers(r, key, extra, referer, title);
+    if (rc != 0 || !plain)
+        return rc;
+    /* Share this one from now on. Out of memory here only means no cache. */
+    int oom = 0;
+    h = calloc(1, sizeof *h);
+    if (!h)
+        return 0;
+    h->key = dup_opt(key, &oom);
+    h->referer = dup_opt(referer, &oom);
+    h->title = dup_opt(title, &oom);
+    if (oom) {
+        wipe_free(h->key);
+        free(h->referer);
+        free(h->title);
+        free(h);
+        return 0;
+    }
+    atomic_init(&h->refs, 2); /* the cache's and r's */
+    h->list = r->headers;
+    r->shared_headers = h;
+    ord_hdrs_decref(g_hdrs);
+    g_hdrs = h;
+    return 0;
 }
 
 static int check_types(const ord_call_args *a, PyObject *extra, PyObject *fallbacks)
@@ -895,7 +1015,7 @@ ord_req *ord_build_request(const ord_call_args *a)
         PyErr_NoMemory();
         goto error;
     }
-    if (build_headers(r, key, extra) < 0)
+    if (take_headers(r, key, extra) < 0)
         goto error;
     return r;
 error:
@@ -931,15 +1051,12 @@ void ord_req_decref(ord_req *r)
         ord_chan_decref(r->chan);
     free(r->url);
     free(r->body);
-    curl_slist_free_all(r->headers);
+    if (r->shared_headers)
+        ord_hdrs_decref(r->shared_headers);
+    else
+        curl_slist_free_all(r->headers);
     free(r->cainfo);
-    if (r->secret) {
-        /* Don't leave the key lying in freed heap memory. */
-        volatile char *p = r->secret;
-        while (*p)
-            *p++ = 0;
-        free(r->secret);
-    }
+    wipe_free(r->secret); /* don't leave the key lying in freed heap memory */
     free(r->model);
     free(r->buf);
     free(r->content);

@@ -296,6 +296,38 @@ def test_extra_headers_are_added(od, server):
     assert h["x-title"] == "DR-Tulu Training"
 
 
+def test_headers_follow_every_change_between_calls(od, server, monkeypatch, api_key):
+    """Calls with the same key, referer and title share one header list; any change between
+    calls (key, env, extra_headers) must still reach the wire, and calls with extra headers
+    must not leak them into later calls."""
+    steps = [
+        ({}, {}, ("Bearer " + api_key, "DR-Tulu Training", None)),
+        ({}, {"api_key": "sk-or-second"}, ("Bearer sk-or-second", "DR-Tulu Training", None)),
+        ({}, {}, ("Bearer " + api_key, "DR-Tulu Training", None)),
+        ({"OPENROUTER_TITLE": "T2"}, {}, ("Bearer " + api_key, "T2", None)),
+        ({"OPENROUTER_TITLE": "T2"}, {"extra_headers": {"X-Once": "1"}},
+         ("Bearer " + api_key, "T2", "1")),
+        ({"OPENROUTER_TITLE": "T2"}, {}, ("Bearer " + api_key, "T2", None)),
+        ({}, {}, ("Bearer " + api_key, "DR-Tulu Training", None)),
+        ({}, {"extra_headers": {"X-Title": "from-kwarg"}}, ("Bearer " + api_key, "from-kwarg", None)),
+        ({}, {}, ("Bearer " + api_key, "DR-Tulu Training", None)),
+    ]
+    for i, (env, kw, (auth, title, once)) in enumerate(steps):
+        if "OPENROUTER_TITLE" in env:
+            monkeypatch.setenv("OPENROUTER_TITLE", env["OPENROUTER_TITLE"])
+        else:
+            monkeypatch.delenv("OPENROUTER_TITLE", raising=False)
+        prompt = uniq(f"hdr{i}-")
+        # twice: the second call of a step is the one that takes the shared list
+        for _ in range(2):
+            assert arun(od.run_openrouter_async("fake/echo", prompt, **kw)) == "echo: " + prompt
+        reqs = server.requests_for(prompt)
+        assert len(reqs) == 2
+        for req in reqs:
+            h = req["headers"]
+            assert (h["authorization"], h["x-title"], h.get("x-once")) == (auth, title, once), i
+
+
 def test_api_key_kwarg_overrides_env(od, server):
     prompt = uniq()
     arun(od.run_openrouter_async("fake/echo", prompt, api_key="sk-or-kwarg"))
