@@ -175,6 +175,12 @@ def throughput_table(results):
     return head + "\n".join(rows) + "\n"
 
 
+def _trainer_passes(results):
+    counts = [len(r.get("passes", [])) for r in results["trainer"].values()]
+    n = max(counts, default=0)
+    return {0: "once", 1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
 def trainer_table(results):
     head = ("| client | calls/s completed in the window (1,000 offered) | offered/s the loop "
             "managed | trainer thread speed vs alone | vs the baseline's | wrong / errors |\n"
@@ -279,6 +285,8 @@ The main thread runs a pure-Python loop; a second thread runs `asyncio.run()` of
 every 1 ms (each its own task; the schedule catches up when the loop wakes late) for
 {_window(results)} s. Peers cap calls in flight with an `asyncio.Semaphore(64)`, openrouter_direct with
 its native cap. The trainer's speed alone is the mean of a run before and one after the window.
+Each client runs {_trainer_passes(results)}, the runs interleaved across clients, and the
+table shows its run with the median trainer speed (every run's figures are in the raw results).
 The baseline row offers the same tasks with no HTTP behind them: what the offering loop itself
 costs the trainer (the floor for every client). On this machine a busy process on the other
 core alone leaves the trainer loop {_interference(results)} of its speed: whatever runs beside the

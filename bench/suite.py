@@ -263,9 +263,10 @@ def child_env(ca):
 class Sampler(threading.Thread):
     """Polls a child's /proc status: the most threads and the largest RSS seen."""
 
-    def __init__(self, pid):
+    def __init__(self, pid, every=0.005):
         super().__init__(daemon=True)
         self.pid = pid
+        self.every = every
         self.max_threads = 0
         self.max_rss_kb = 0
         self.stop = threading.Event()
@@ -282,17 +283,34 @@ class Sampler(threading.Thread):
                             self.max_rss_kb = max(self.max_rss_kb, int(line.split()[1]))
             except (OSError, ValueError):
                 pass
-            self.stop.wait(0.005)
+            self.stop.wait(self.every)
 
 
-def run_client(args, env, timeout, logname):
-    """One client process; returns its JSON result (with sampled threads) or an error dict."""
+def median_trainer_run(runs):
+    """The run with the median trainer ratio, carrying every run's ratio and completed/s; a
+    crash in any run is reported as the result (a client must not crash in any pass)."""
+    crashed = [r for r in runs if "crashed" in r]
+    if crashed:
+        return crashed[0]
+    ordered = sorted(runs, key=lambda r: r["trainer_ratio"])
+    best = dict(ordered[(len(ordered) - 1) // 2])
+    best["passes"] = [{"trainer_ratio": r["trainer_ratio"], "completed_per_s": r["completed_per_s"]}
+                      for r in runs]
+    best["errors"] = sum(r["errors"] for r in runs)
+    best["wrong"] = sum(r["wrong"] for r in runs)
+    return best
+
+
+def run_client(args, env, timeout, logname, sample_every=0.005):
+    """One client process; returns its JSON result (with sampled threads) or an error dict.
+    The sampler polls the child's /proc status every `sample_every` s; the trainer test samples
+    rarely, since the sampler itself is a process waking on this 2-core machine."""
     cmd = [PY, os.path.join(HERE, "client.py"), *map(str, args)]
     build = extension_stamp(env) if args[0] in ("openrouter_direct", "od-gather") else None
     errpath = os.path.join(OUT, "logs", logname + ".stderr")
     with open(errpath, "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-        sampler = Sampler(proc.pid)
+        sampler = Sampler(proc.pid, sample_every)
         sampler.start()
         try:
             out, _ = proc.communicate(timeout=timeout)
@@ -522,12 +540,12 @@ def main():
               "--n", "200"]
         tr = ["--alone-secs", "0.5", "--window-secs", "1", "--warmup-n", "20"]
         sc = {"n": 200, "delay": 0.2, "concurrency": 2048}
-        wrk_secs, import_runs, passes = 1, 1, 1
+        wrk_secs, import_runs, passes, trainer_passes = 1, 1, 1, 1
     else:
         tp = ["--secs", "3", "--rounds", "3", "--warmup-secs", "1"]
         tr = ["--alone-secs", "3", "--window-secs", "5"]
         sc = {"n": 10_000, "delay": 1.0, "concurrency": 2048}
-        wrk_secs, import_runs, passes = 5, 7, 2
+        wrk_secs, import_runs, passes, trainer_passes = 5, 7, 2, 3
 
     tmp = tempfile.mkdtemp(prefix="od-bench-")
     results = {"smoke": smoke, "scale_params": sc, "concurrency": CONCURRENCY,
@@ -586,20 +604,32 @@ def main():
                         slot[proto] = best_pass(slot.get(proto), res)
 
         if "trainer" not in skip:
+            # A trainer figure is a ratio of two short timings of one thread, and a neighbour on
+            # the host moves either by ±5%: every client runs `trainer_passes` times, the passes
+            # interleaved across clients, and the run with the median ratio is the one reported.
+            names = []
             for name in TRAINER:
                 lib = dict(THROUGHPUT).get(name)
                 if lib is not None and not wanted(name, lib):
                     continue
                 if lib is None and only is not None and name not in only:
                     continue
-                res = run_client([name, "trainer", ng.plain, *tr], env, 600, f"trainer-{name}")
-                results["trainer"][name] = res
-                if "crashed" in res:
-                    log(f"trainer {name}: CRASHED {res['crashed'][:300]}")
-                else:
-                    log(f"trainer {name}: {res['completed_per_s']:,.0f} calls/s completed of "
-                        f"{res['offered_per_s']:,.0f} offered, trainer at "
-                        f"{res['trainer_ratio']:.0%}, errors {res['errors']}")
+                names.append(name)
+            runs = {name: [] for name in names}
+            for pass_no in range(trainer_passes):
+                for name in names:
+                    res = run_client([name, "trainer", ng.plain, *tr], env, 600,
+                                     f"trainer-{name}", sample_every=0.05)
+                    runs[name].append(res)
+                    if "crashed" in res:
+                        log(f"trainer {name}: CRASHED {res['crashed'][:300]}")
+                    else:
+                        log(f"trainer {name} (pass {pass_no + 1}/{trainer_passes}): "
+                            f"{res['completed_per_s']:,.0f} calls/s completed of "
+                            f"{res['offered_per_s']:,.0f} offered, trainer at "
+                            f"{res['trainer_ratio']:.0%}, errors {res['errors']}")
+            for name in names:
+                results["trainer"][name] = median_trainer_run(runs[name])
 
         if "scale" not in skip:
             slow = SlowServer(sc["delay"], env)
