@@ -3,7 +3,7 @@
  *
  * The data path, one file per stage:
  *   module.c    Python glue: argument checks, submit/call/cancel/stats, module state.
- *   request.c   Python objects -> JSON body and header list (GIL held, cJSON).
+ *   request.c   Python objects -> JSON body and header list (GIL held).
  *   engine.c    the native engine thread: curl multi, the process-wide cap,
  *               retries and backoff, cancellation (never touches Python).
  *   response.c  response body -> content / error, and the failure table (no GIL).

@@ -42,12 +42,14 @@ static int jw_reserve(jw *w, size_t more)
         return -1;
     if (w->len + more < w->cap)
         return 0;
-    size_t cap = w->cap ? w->cap : 1024;
-    while (cap <= w->len + more) {
-        if (cap > SIZE_MAX / 2)
-            goto fail;
-        cap *= 2;
-    }
+    if (more > SIZE_MAX / 4 - w->len)
+        goto fail;
+    /* The first reservation is the body's estimated size, taken exactly: a
+     * call waiting in a gather of thousands holds its body all that time.
+     * After that, doubling. */
+    size_t cap = w->cap > SIZE_MAX / 4 ? 0 : w->cap * 2;
+    if (cap < w->len + more + 1)
+        cap = w->len + more + 1;
     char *p = realloc(w->p, cap);
     if (!p)
         goto fail;
@@ -896,12 +898,21 @@ static char *build_body(const ord_call_args *a, const char *model, PyObject *fal
         m[i].dropped = v == Py_None;
     }
 
-    /* Sized for the prompts: one allocation for a typical call. */
+    /* Sized for the prompts (their ASCII length, plus room for escapes and
+     * the rest): one allocation for a typical call. */
     size_t guess = 1024;
-    PyObject *prompts[2] = {a->system_prompt, a->user_prompt};
-    for (int i = 0; i < 2 && a->messages == Py_None; i++)
-        if (prompts[i] != Py_None && PyUnicode_IS_COMPACT_ASCII(prompts[i]))
-            guess += (size_t)PyUnicode_GET_LENGTH(prompts[i]) + 64;
+    if (a->messages == Py_None) {
+        PyObject *prompts[2] = {a->system_prompt, a->user_prompt};
+        for (int i = 0; i < 2; i++)
+            if (prompts[i] != Py_None && PyUnicode_IS_COMPACT_ASCII(prompts[i]))
+                guess += (size_t)PyUnicode_GET_LENGTH(prompts[i]) + 64;
+    } else {
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(a->messages); i++) {
+            PyObject *c = PyDict_GetItemString(PySequence_Fast_GET_ITEM(a->messages, i), "content");
+            if (c && PyUnicode_Check(c) && PyUnicode_IS_COMPACT_ASCII(c))
+                guess += (size_t)PyUnicode_GET_LENGTH(c) + 64;
+        }
+    }
     jw w = {0};
     int rc = jw_reserve(&w, guess);
     int first = 1;
@@ -934,6 +945,11 @@ static char *build_body(const ord_call_args *a, const char *model, PyObject *fal
             PyErr_NoMemory();
         free(w.p);
         return NULL;
+    }
+    if (w.cap > w.len + 1 + 4096) {
+        char *p = realloc(w.p, w.len + 1); /* the estimate was far off: give the rest back */
+        if (p)
+            w.p = p;
     }
     *body_len = w.len;
     return w.p;
