@@ -263,6 +263,42 @@ def test_call_survives_server_closing_idle_connections(od, server):
     assert arun(od.run_openrouter_async("fake/echo", p, num_retries=0)) == "echo: " + p
 
 
+def _engine_cpu_seconds():
+    """CPU time of this process's engine thread (named openrouter-eng), from /proc."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() != "openrouter-eng":
+                    continue
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
+def test_idle_connections_closed_by_the_server_leave_the_engine_idle(od, server):
+    """Kept-alive sockets stay in the engine's epoll set between calls. When the server closes
+    them while idle, the engine must stop listening (a level-triggered hang-up would otherwise
+    wake it forever) and later calls must open fresh connections, round after round."""
+    async def burst(tag):
+        ps = [uniq(tag) for _ in range(16)]
+        outs = await asyncio.gather(*(od.run_openrouter_async("fake/echo", p, num_retries=0)
+                                      for p in ps))
+        assert outs == ["echo: " + p for p in ps]
+
+    for round_no in range(5):
+        arun(burst(f"idle{round_no}-"))
+        server.close_connections()
+        time.sleep(0.05)
+        before = _engine_cpu_seconds()
+        assert before is not None, "no openrouter-eng thread in this process"
+        time.sleep(0.5)
+        spent = _engine_cpu_seconds() - before
+        assert spent < 0.1, f"round {round_no}: the idle engine used {spent:.2f} s of CPU in 0.5 s"
+
+
 def test_first_slow_call_does_not_hold_back_others_on_plain_http(server):
     """A fresh engine: a fast call must not wait behind a slow one to the same host."""
     code = r'''
