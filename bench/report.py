@@ -149,6 +149,17 @@ def throughput_table(results):
         rows.append(f"| {LABELS['wrk']} | {fmt_int(wrk.get('plain', {}).get('calls_per_s'))} | — "
                     f"| {fmt_int(wrk.get('tls', {}).get('calls_per_s'))} | — | 64 / 64 h1.1 | — | — "
                     f"| — | — | — |")
+    lc = results.get("libcurl_c") or {}
+    if lc:
+        pl, tl = lc.get("plain") or {}, lc.get("tls") or {}
+        cp, ct = pl.get("calls_per_s"), tl.get("calls_per_s")
+        errs = sum(r.get("errors", 0) or 0 for r in (pl, tl))
+        bad = "crashed" if "crashed" in pl or "crashed" in tl else str(errs)
+        rows.append(f"| libcurl from C, one thread, no Python (`bench/libcurl_floor.c`) "
+                    f"| {fmt_int(cp)} | {fmt_int(pl.get('cpu_us_per_call'))} | {fmt_int(ct)} "
+                    f"| {fmt_int(tl.get('cpu_us_per_call'))} | — | — | — "
+                    f"| {fmt_ratio(_div(cp, a_plain))} / {fmt_ratio(_div(ct, a_tls))} "
+                    f"| {fmt_ratio(_div(cp, p_plain))} / {fmt_ratio(_div(ct, p_tls))} | {bad} |")
     for name in LABELS:
         if name == "wrk" or name not in tp:
             continue
@@ -274,7 +285,9 @@ shared machine only ever slows a round down and adds to its CPU time). Versions:
 ## Throughput
 
 {throughput_table(results)}
-× pycurl TLS compares with pycurl multi using openrouter_direct's own settings (HTTP/2 over TLS,
+libcurl from C is `bench/libcurl_floor.c`: the same body, headers and transfer settings through
+one multi handle in one thread with no Python, 64 in flight, the best of three runs: what libcurl
+itself costs per call here. × pycurl TLS compares with pycurl multi using openrouter_direct's own settings (HTTP/2 over TLS,
 `PIPEWAIT`: one multiplexed connection). Connections: as counted by nginx during the client's
 whole run (warm-up included), with the protocol spoken. Import: median over fresh interpreters of
 `perf_counter()` around the import statement.

@@ -396,6 +396,31 @@ def run_wrk(url, secs):
             "socket_errors": errs.group(0) if errs else None}
 
 
+def build_libcurl_floor(d):
+    """bench/libcurl_floor.c built with gcc against the system libcurl; None if that fails."""
+    exe = os.path.join(d, "libcurl_floor")
+    try:
+        flags = sh("pkg-config", "--cflags", "--libs", "libcurl").split()
+        sh("gcc", "-O2", "-Wall", "-Wextra", "-o", exe, os.path.join(HERE, "libcurl_floor.c"), *flags)
+    except (OSError, subprocess.CalledProcessError) as e:
+        log(f"libcurl from C: not built ({e})")
+        return None
+    return exe
+
+
+def run_libcurl_floor(exe, base, body, ca, n):
+    try:
+        return json.loads(sh(exe, base + "/chat/completions", str(n), body,
+                             ca if base.startswith("https") else "-"))
+    except (subprocess.CalledProcessError, ValueError) as e:
+        return {"crashed": str(e)[:300]}
+
+
+def best_of(runs):
+    good = [r for r in runs if "crashed" not in r]
+    return max(good, key=lambda r: r["calls_per_s"]) if good else runs[0]
+
+
 _EXTENSION = []
 BUILDS = set()      # extension builds the openrouter_direct measurements ran on
 
@@ -541,16 +566,18 @@ def main():
         tr = ["--alone-secs", "0.5", "--window-secs", "1", "--warmup-n", "20"]
         sc = {"n": 200, "delay": 0.2, "concurrency": 2048}
         wrk_secs, import_runs, passes, trainer_passes = 1, 1, 1, 1
+        floor_n, floor_runs = 500, 1
     else:
         tp = ["--secs", "3", "--rounds", "3", "--warmup-secs", "1"]
         tr = ["--alone-secs", "3", "--window-secs", "5"]
         sc = {"n": 10_000, "delay": 1.0, "concurrency": 2048}
         wrk_secs, import_runs, passes, trainer_passes = 5, 7, 2, 3
+        floor_n, floor_runs = 100_000, 3
 
     tmp = tempfile.mkdtemp(prefix="od-bench-")
     results = {"smoke": smoke, "scale_params": sc, "concurrency": CONCURRENCY,
                "body_bytes": len(body_bytes()), "throughput": {}, "trainer": {}, "scale": {},
-               "imports": {}, "wrk": {}, "skipped": {}}
+               "imports": {}, "wrk": {}, "libcurl_c": {}, "skipped": {}}
     ng = slow = None
     try:
         ca, cert, key = make_certs(tmp)
@@ -578,6 +605,20 @@ def main():
             for proto, base in bases.items():
                 results["wrk"][proto] = run_wrk(base, wrk_secs)
                 log(f"wrk {proto}: {results['wrk'][proto]['calls_per_s']:,.0f} calls/s")
+
+        if "wrk" not in skip:
+            floor = build_libcurl_floor(tmp)
+            if floor:
+                body = os.path.join(tmp, "body.json")
+                with open(body, "wb") as f:
+                    f.write(body_bytes())
+                for proto, base in bases.items():
+                    res = best_of([run_libcurl_floor(floor, base, body, ca, floor_n)
+                                   for _ in range(floor_runs)])
+                    results["libcurl_c"][proto] = res
+                    log(f"libcurl from C {proto}: {res.get('calls_per_s', 0):,.0f} calls/s, "
+                        f"{res.get('cpu_us_per_call', 0):.1f} µs CPU/call, errors "
+                        f"{res.get('errors')}")
 
         if "import" not in skip:
             for lib in IMPORTS:
