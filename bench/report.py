@@ -286,8 +286,8 @@ shared machine only ever slows a round down and adds to its CPU time). Versions:
 
 {throughput_table(results)}
 libcurl from C is `bench/libcurl_floor.c`: the same body, headers and transfer settings through
-one multi handle in one thread with no Python, 64 in flight, the best of three runs: what libcurl
-itself costs per call here. × pycurl TLS compares with pycurl multi using openrouter_direct's own settings (HTTP/2 over TLS,
+one multi handle in one thread with no Python, 64 in flight, three runs kept as for the clients
+(most calls/s, least CPU per call): what libcurl itself costs per call here. × pycurl TLS compares with pycurl multi using openrouter_direct's own settings (HTTP/2 over TLS,
 `PIPEWAIT`: one multiplexed connection). Connections: as counted by nginx during the client's
 whole run (warm-up included), with the protocol spoken. Import: median over fresh interpreters of
 `perf_counter()` around the import statement.

@@ -416,11 +416,6 @@ def run_libcurl_floor(exe, base, body, ca, n):
         return {"crashed": str(e)[:300]}
 
 
-def best_of(runs):
-    good = [r for r in runs if "crashed" not in r]
-    return max(good, key=lambda r: r["calls_per_s"]) if good else runs[0]
-
-
 _EXTENSION = []
 BUILDS = set()      # extension builds the openrouter_direct measurements ran on
 
@@ -535,8 +530,9 @@ def best_pass(old, new):
 def _pass_summary(res):
     if "crashed" in res:
         return {"crashed": res["crashed"][:200]}
+    # libcurl_floor.c reports no RSS, answers or connections: what a result has is kept
     return {k: res[k] for k in ("calls_per_s", "cpu_us_per_call", "maxrss_kb", "errors",
-                                "wrong", "connections")}
+                                "wrong", "connections") if k in res}
 
 
 def failed(res):
@@ -613,8 +609,9 @@ def main():
                 with open(body, "wb") as f:
                     f.write(body_bytes())
                 for proto, base in bases.items():
-                    res = best_of([run_libcurl_floor(floor, base, body, ca, floor_n)
-                                   for _ in range(floor_runs)])
+                    res = None
+                    for _ in range(floor_runs):
+                        res = best_pass(res, run_libcurl_floor(floor, base, body, ca, floor_n))
                     results["libcurl_c"][proto] = res
                     log(f"libcurl from C {proto}: {res.get('calls_per_s', 0):,.0f} calls/s, "
                         f"{res.get('cpu_us_per_call', 0):.1f} µs CPU/call, errors "
