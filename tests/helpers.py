@@ -138,19 +138,12 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             upstream.close()
 
 
-class ForwardProxy:
-    """A tiny HTTP proxy on 127.0.0.1 that records what it forwarded in ``seen``."""
+class ThreadedServer:
+    """A socketserver on 127.0.0.1 run by a daemon thread inside ``with``; subclasses make
+    ``self._srv`` (its daemon_threads set) and then call this __init__."""
 
     def __init__(self):
-        self._srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ProxyHandler)
-        self._srv.daemon_threads = True
-        self._srv.seen = []
         self.port = self._srv.server_address[1]
-        self.url = "http://127.0.0.1:%d" % self.port
-
-    @property
-    def seen(self):
-        return self._srv.seen
 
     def __enter__(self):
         threading.Thread(target=self._srv.serve_forever, daemon=True).start()
@@ -159,3 +152,18 @@ class ForwardProxy:
     def __exit__(self, *exc):
         self._srv.shutdown()
         self._srv.server_close()
+
+
+class ForwardProxy(ThreadedServer):
+    """A tiny HTTP proxy on 127.0.0.1 that records what it forwarded in ``seen``."""
+
+    def __init__(self):
+        self._srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ProxyHandler)
+        self._srv.daemon_threads = True
+        self._srv.seen = []
+        super().__init__()
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    @property
+    def seen(self):
+        return self._srv.seen

@@ -14,12 +14,11 @@ import socket
 import socketserver
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-from helpers import REPO, ForwardProxy, arun, run_py, uniq
+from helpers import REPO, ForwardProxy, ThreadedServer, arun, run_py, uniq
 from openrouter_direct._server import FakeOpenRouter
 
 LOGGER = "openrouter_direct"
@@ -205,13 +204,13 @@ class _CannedHandler(socketserver.BaseRequestHandler):
         return self._reply(sock, 401, body)
 
 
-class CannedServer:
+class CannedServer(ThreadedServer):
     def __init__(self):
         socketserver.ThreadingTCPServer.allow_reuse_address = True
         self._srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _CannedHandler)
         self._srv.daemon_threads = True
         self._srv.sent = {}
-        self.port = self._srv.server_address[1]
+        super().__init__()
 
     @property
     def sent(self):
@@ -219,14 +218,6 @@ class CannedServer:
 
     def base(self, kind):
         return "http://127.0.0.1:%d/%s" % (self.port, kind)
-
-    def __enter__(self):
-        threading.Thread(target=self._srv.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self._srv.shutdown()
-        self._srv.server_close()
 
 
 @pytest.fixture(scope="module")
