@@ -331,15 +331,58 @@ static int jw_value(jw *w, PyObject *o, const char *what, int depth)
 
 /* ---- environment and kwargs ---- */
 
-static const char *env_nonempty(const char *name)
+/* The variables a call reads, found in one pass over the environment. A
+ * dozen getenv calls each walked all of it: in a trainer's environment of a
+ * hundred or more variables (CUDA_*, NCCL_*, ...) that was µs per call with
+ * the GIL held. */
+enum {
+    E_OPENAI_API_KEY, E_OPENROUTER_API_KEY, E_OPENAI_API_BASE, E_OPENROUTER_REFERER,
+    E_OPENROUTER_TITLE, E_OPENROUTER_MODEL_MAP, E_LITELLM_DEFAULT_TIMEOUT,
+    E_OPENROUTER_RETRY_BASE_DELAY, E_OPENROUTER_RETRY_MAX_DELAY, E_OPENROUTER_MAX_RESPONSE_BYTES,
+    E_OPENROUTER_RAISE_ON_ERROR, E_SSL_CERT_FILE, E_CURL_CA_BUNDLE, E_COUNT
+};
+
+static const char *const env_names[E_COUNT] = {
+    "OPENAI_API_KEY", "OPENROUTER_API_KEY", "OPENAI_API_BASE", "OPENROUTER_REFERER",
+    "OPENROUTER_TITLE", "OPENROUTER_MODEL_MAP", "LITELLM_DEFAULT_TIMEOUT",
+    "OPENROUTER_RETRY_BASE_DELAY", "OPENROUTER_RETRY_MAX_DELAY", "OPENROUTER_MAX_RESPONSE_BYTES",
+    "OPENROUTER_RAISE_ON_ERROR", "SSL_CERT_FILE", "CURL_CA_BUNDLE",
+};
+
+/* Values point into environ, as getenv's do. They stay valid for the whole
+ * call even if Python code run meanwhile changes os.environ: glibc's setenv
+ * and unsetenv never free a string they replace or remove. */
+typedef struct {
+    const char *v[E_COUNT]; /* NULL: unset or empty */
+} env_view;
+
+extern char **environ;
+
+static void env_scan(env_view *env)
 {
-    const char *v = getenv(name);
-    return (v && *v) ? v : NULL;
+    memset(env, 0, sizeof *env);
+    for (char **p = environ; p && *p; p++) {
+        const char *s = *p;
+        /* Every name we read starts with one of these. */
+        if (s[0] != 'O' && s[0] != 'L' && s[0] != 'S' && s[0] != 'C')
+            continue;
+        const char *eq = strchr(s, '=');
+        if (!eq || !eq[1])
+            continue;
+        size_t n = (size_t)(eq - s);
+        for (int i = 0; i < E_COUNT; i++) {
+            if (strncmp(env_names[i], s, n) == 0 && env_names[i][n] == '\0') {
+                if (!env->v[i]) /* the first one wins, as with getenv */
+                    env->v[i] = eq + 1;
+                break;
+            }
+        }
+    }
 }
 
-static double env_double(const char *name, double dflt)
+static double env_double(const env_view *env, int which, double dflt)
 {
-    const char *v = env_nonempty(name);
+    const char *v = env->v[which];
     if (!v)
         return dflt;
     char *end;
@@ -347,9 +390,9 @@ static double env_double(const char *name, double dflt)
     return (end != v && d >= 0 && isfinite(d)) ? d : dflt;
 }
 
-static int env_true(const char *name)
+static int env_true(const env_view *env, int which)
 {
-    const char *v = env_nonempty(name);
+    const char *v = env->v[which];
     return v && (strcmp(v, "1") == 0 || strcasecmp(v, "true") == 0 || strcasecmp(v, "yes") == 0);
 }
 
@@ -534,10 +577,10 @@ static char *dup_opt(const char *s, int *oom)
 /* r's headers: the shared list when it fits, else a list of its own (which
  * becomes the shared one when the call has no extra_headers). Returns as
  * build_headers. */
-static int take_headers(ord_req *r, const char *key, PyObject *extra)
+static int take_headers(ord_req *r, const char *key, PyObject *extra, const env_view *env)
 {
-    const char *referer = env_nonempty("OPENROUTER_REFERER");
-    const char *title = env_nonempty("OPENROUTER_TITLE");
+    const char *referer = env->v[E_OPENROUTER_REFERER];
+    const char *title = env->v[E_OPENROUTER_TITLE];
     int plain = !extra || PyDict_GET_SIZE(extra) == 0;
     struct ord_hdrs *h = g_hdrs;
     if (plain && h && strcmp(h->key, key) == 0 && same_opt(h->referer, referer) &&
@@ -643,7 +686,7 @@ static int check_types(const ord_call_args *a, PyObject *extra, PyObject *fallba
     return 0;
 }
 
-static int read_limits(ord_req *r, PyObject *kwargs)
+static int read_limits(ord_req *r, PyObject *kwargs, const env_view *env)
 {
     PyObject *nr = kw(kwargs, "num_retries");
     if (!nr)
@@ -659,7 +702,7 @@ static int read_limits(ord_req *r, PyObject *kwargs)
             return -1;
         r->max_retries = v < 0 ? 0 : v > 1000 ? 1000 : (int)v;
     }
-    double timeout = env_double("LITELLM_DEFAULT_TIMEOUT", 600.0);
+    double timeout = env_double(env, E_LITELLM_DEFAULT_TIMEOUT, 600.0);
     PyObject *t = kw(kwargs, "timeout");
     if (t) {
         if (!(PyLong_Check(t) || PyFloat_Check(t)) || PyBool_Check(t)) {
@@ -681,9 +724,9 @@ static int read_limits(ord_req *r, PyObject *kwargs)
         timeout = year_s;
     r->timeout_ms = (long)ceil(timeout * 1000.0);
     r->connect_timeout_ms = r->timeout_ms < 10000 ? r->timeout_ms : 10000;
-    r->base_delay_ms = fmin(env_double("OPENROUTER_RETRY_BASE_DELAY", 0.5), day_s) * 1000.0;
-    r->max_delay_ms = fmin(env_double("OPENROUTER_RETRY_MAX_DELAY", 8.0), day_s) * 1000.0;
-    double cap = env_double("OPENROUTER_MAX_RESPONSE_BYTES", 64.0 * 1024 * 1024);
+    r->base_delay_ms = fmin(env_double(env, E_OPENROUTER_RETRY_BASE_DELAY, 0.5), day_s) * 1000.0;
+    r->max_delay_ms = fmin(env_double(env, E_OPENROUTER_RETRY_MAX_DELAY, 8.0), day_s) * 1000.0;
+    double cap = env_double(env, E_OPENROUTER_MAX_RESPONSE_BYTES, 64.0 * 1024 * 1024);
     r->max_response = (curl_off_t)(cap < 1 ? 64.0 * 1024 * 1024 : fmin(cap, 0x1p62));
     PyObject *strict = kwargs ? PyDict_GetItemString(kwargs, "raise_on_error") : NULL;
     if (strict && strict != Py_None) {
@@ -692,7 +735,7 @@ static int read_limits(ord_req *r, PyObject *kwargs)
             return -1;
         r->strict = s;
     } else {
-        r->strict = env_true("OPENROUTER_RAISE_ON_ERROR");
+        r->strict = env_true(env, E_OPENROUTER_RAISE_ON_ERROR);
     }
     return 0;
 }
@@ -763,9 +806,8 @@ static int is_bare_openai(const char *m)
 }
 
 /* Looks model up in OPENROUTER_MODEL_MAP ("a=b,c=d"); copies the target to out. */
-static int custom_map(const char *model, char *out, size_t outsz)
+static int custom_map(const char *map, const char *model, char *out, size_t outsz)
 {
-    const char *map = getenv("OPENROUTER_MODEL_MAP");
     size_t mlen = strlen(model);
     for (const char *p = map; p && *p;) {
         const char *end = p + strcspn(p, ",");
@@ -795,13 +837,14 @@ static int custom_map(const char *model, char *out, size_t outsz)
 
 /* The model name to send. Mapping happens only towards OpenRouter itself:
  * another server (vLLM, say) gets names exactly as given. */
-static const char *map_model(const char *name, int openrouter, char *out, size_t outsz, int *auto_mapped)
+static const char *map_model(const char *map, const char *name, int openrouter, char *out, size_t outsz,
+                             int *auto_mapped)
 {
     const char *m = strip_prefix(name);
     *auto_mapped = 0;
     if (!openrouter)
         return m;
-    if (custom_map(m, out, outsz))
+    if (custom_map(map, m, out, outsz))
         return out;
     if (is_bare_openai(m) && strlen(m) + 8 < outsz) {
         snprintf(out, outsz, "openai/%s", m);
@@ -821,7 +864,7 @@ typedef struct {
     int dropped;         /* a kwarg set it to None */
 } member;
 
-static int write_models(jw *w, const char *model, PyObject *fallbacks, int openrouter)
+static int write_models(jw *w, const char *model, PyObject *fallbacks, int openrouter, const char *map)
 {
     JW_LIT(w, "[");
     jw_string(w, model, strlen(model));
@@ -832,7 +875,7 @@ static int write_models(jw *w, const char *model, PyObject *fallbacks, int openr
             return -1;
         char buf[512];
         int ignored;
-        const char *m = map_model(f, openrouter, buf, sizeof buf, &ignored);
+        const char *m = map_model(map, f, openrouter, buf, sizeof buf, &ignored);
         JW_LIT(w, ",");
         jw_string(w, m, m == f ? (size_t)n : strlen(m));
     }
@@ -841,7 +884,7 @@ static int write_models(jw *w, const char *model, PyObject *fallbacks, int openr
 }
 
 static char *build_body(const ord_call_args *a, const char *model, PyObject *fallbacks, int openrouter,
-                        size_t *body_len)
+                        const char *map, size_t *body_len)
 {
     char max_tokens[32];
     snprintf(max_tokens, sizeof max_tokens, "%ld", a->default_max_tokens);
@@ -932,7 +975,7 @@ static char *build_body(const ord_call_args *a, const char *model, PyObject *fal
         else if (m[i].kind == M_NUMBER)
             jw_put(&w, m[i].number, strlen(m[i].number));
         else if (m[i].kind == M_MODELS)
-            rc = write_models(&w, model, fallbacks, openrouter);
+            rc = write_models(&w, model, fallbacks, openrouter, map);
     }
     PyMem_Free(m);
     if (first)
@@ -983,18 +1026,21 @@ ord_req *ord_build_request(const ord_call_args *a)
     if (kw_str(a->kwargs, "api_key", &key) < 0 || kw_str(a->kwargs, "api_base", &base) < 0 ||
         (!base && kw_str(a->kwargs, "base_url", &base) < 0))
         return NULL;
+    env_view env;
+    env_scan(&env);
     if (!key)
-        key = env_nonempty("OPENAI_API_KEY");
+        key = env.v[E_OPENAI_API_KEY];
     if (!key)
-        key = env_nonempty("OPENROUTER_API_KEY");
+        key = env.v[E_OPENROUTER_API_KEY];
     if (!base)
-        base = env_nonempty("OPENAI_API_BASE");
+        base = env.v[E_OPENAI_API_BASE];
     if (!base)
         base = "https://openrouter.ai/api/v1";
     int openrouter = is_openrouter(base);
     char mapped[512];
     int auto_mapped;
-    const char *model = map_model(model_full, openrouter, mapped, sizeof mapped, &auto_mapped);
+    const char *map = env.v[E_OPENROUTER_MODEL_MAP];
+    const char *model = map_model(map, model_full, openrouter, mapped, sizeof mapped, &auto_mapped);
 
     ord_req *r = ord_req_new();
     if (!r) {
@@ -1003,21 +1049,21 @@ ord_req *ord_build_request(const ord_call_args *a)
     }
     r->model = strdup(model);
     r->url = build_url(base);
-    const char *ca = env_nonempty("SSL_CERT_FILE");
+    const char *ca = env.v[E_SSL_CERT_FILE];
     if (!ca)
-        ca = env_nonempty("CURL_CA_BUNDLE");
+        ca = env.v[E_CURL_CA_BUNDLE];
     if (ca)
         r->cainfo = strdup(ca);
     if (!r->model || !r->url || (ca && !r->cainfo)) {
         PyErr_NoMemory();
         goto error;
     }
-    if (read_limits(r, a->kwargs) < 0)
+    if (read_limits(r, a->kwargs, &env) < 0)
         goto error;
     r->auto_mapped = auto_mapped;
     /* The key would cross the network in clear. */
     r->plain_http = strncasecmp(base, "http://", 7) == 0 && !is_loopback(base);
-    r->body = build_body(a, model, fallbacks, openrouter, &r->body_len);
+    r->body = build_body(a, model, fallbacks, openrouter, map, &r->body_len);
     if (!r->body)
         goto error;
 
@@ -1031,7 +1077,7 @@ ord_req *ord_build_request(const ord_call_args *a)
         PyErr_NoMemory();
         goto error;
     }
-    if (take_headers(r, key, extra) < 0)
+    if (take_headers(r, key, extra, &env) < 0)
         goto error;
     return r;
 error:

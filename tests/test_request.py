@@ -349,6 +349,26 @@ def test_openai_key_wins_over_openrouter_key(od, server, monkeypatch, api_key):
     assert only_request(server, prompt)["headers"]["authorization"] == "Bearer " + api_key
 
 
+def test_env_names_match_exactly_and_empty_counts_as_unset(od, server, monkeypatch):
+    """The call reads its variables in one pass over the environment: names that differ by a
+    suffix or a missing letter must not be taken for them, and an empty value must fall through
+    to the next source, as it did with getenv."""
+    for name in ("OPENAI_API_KEYS", "OPENAI_API_KE", "OPENROUTER_API_KEY_OLD", "OPENROUTER_TITLEX",
+                 "OPENROUTER_TITL", "XOPENROUTER_TITLE", "OPENAI_API_BASE_URL"):
+        monkeypatch.setenv(name, "wrong")
+    for i in range(200):  # a trainer's environment is large
+        monkeypatch.setenv(f"OPENROUTER_FILLER_{i}", "x")
+    monkeypatch.setenv("OPENAI_API_KEY", "")
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-from-second")
+    monkeypatch.setenv("OPENROUTER_TITLE", "")
+    prompt = uniq()
+    assert arun(od.run_openrouter_async("fake/echo", prompt)) == "echo: " + prompt
+    req = only_request(server, prompt)
+    assert req["headers"]["authorization"] == "Bearer sk-or-from-second"
+    assert req["headers"]["x-title"] == "DR-Tulu Training"
+    assert req["path"] == "/api/v1/chat/completions"
+
+
 def test_env_base_url_is_read_per_call(od, server, monkeypatch):
     prompt = uniq()
     monkeypatch.setenv("OPENAI_API_BASE", "http://127.0.0.1:%d/other/base" % server.port)
