@@ -37,6 +37,12 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Response buffers kept for the next call: a 4 KB malloc and free per call
+ * was glibc's slow path (larger than its per-thread cache) and a heap
+ * consolidation each time. Bounded in number and size. */
+#define SPARE_BUFS 64
+#define SPARE_MAX_CAP (64 * 1024)
+
 typedef struct {
     pthread_mutex_t mu;            /* inbox, cancels, stopping */
     ord_req *inbox_head, *inbox_tail;
@@ -61,6 +67,8 @@ typedef struct {
     long cache_for;                /* the cap CURLMOPT_MAXCONNECTS was sized for */
     unsigned char *watched;        /* watched[fd]: FD_* state of each fd libcurl gave us */
     size_t watched_cap;
+    struct spare { char *buf; size_t cap; } spare[SPARE_BUFS]; /* response buffers to reuse */
+    int n_spare;
 } engine;
 
 static void wake(engine *e)
@@ -324,7 +332,9 @@ static size_t on_header(char *data, size_t size, size_t n, void *ud)
     ord_req *r = ud;
     size_t len = size * n;
     char line[256];
-    if (len >= sizeof line)
+    /* Only "HTTP/", "retry-after*" and "x-should-retry" lines matter. */
+    unsigned char c0 = len ? (unsigned char)(data[0] | 0x20) : 0;
+    if (len >= sizeof line || (c0 != 'h' && c0 != 'r' && c0 != 'x'))
         return len;
     memcpy(line, data, len);
     line[len] = '\0';
@@ -435,16 +445,27 @@ static void set_gauges_locked(const engine *e)
     g_stats.queued = e->n_pending + (long)e->heap_len;
 }
 
-/* The engine's reference goes to the channel (or is dropped if cancelled). */
-static void finish(engine *e, ord_req *r, ord_reason reason, const ord_usage *u)
+/* Only the parsed result travels on: the body buffer stays with the engine. */
+static void release_buf(engine *e, ord_req *r)
+{
+    if (r->buf && r->buf_cap <= SPARE_MAX_CAP && e->n_spare < SPARE_BUFS)
+        e->spare[e->n_spare++] = (struct spare){r->buf, r->buf_cap};
+    else
+        free(r->buf);
+    r->buf = NULL;
+    r->buf_len = r->buf_cap = 0;
+}
+
+/* The engine's reference goes to the channel (or is dropped if cancelled).
+ * http_status: the last attempt's, to count (0: none). */
+static void finish(engine *e, ord_req *r, ord_reason reason, const ord_usage *u, long http_status)
 {
     r->state = ORD_ST_DONE;
     r->reason = reason;
-    free(r->buf); /* only the parsed result travels on */
-    r->buf = NULL;
-    r->buf_len = r->buf_cap = 0;
+    release_buf(e, r);
     double ms = (double)(ord_now_ms() - r->t_submit_ms);
     pthread_mutex_lock(&g_stats_mu);
+    count_status(http_status);
     /* Gauges first: whoever reads stats() after this call returns must not
      * still see it in flight. */
     set_gauges_locked(e);
@@ -473,6 +494,11 @@ static void finish(engine *e, ord_req *r, ord_reason reason, const ord_usage *u)
 static void start(engine *e, ord_req *r)
 {
     CURL *h = easy_get(e);
+    if (!r->buf && e->n_spare) {
+        struct spare sp = e->spare[--e->n_spare];
+        r->buf = sp.buf;
+        r->buf_cap = sp.cap;
+    }
     r->buf_len = 0;
     r->too_large = 0;
     r->retry_after_ms = -1;
@@ -482,14 +508,14 @@ static void start(engine *e, ord_req *r)
     r->t_attempt_ms = ord_now_ms();
     if (!h) {
         ord_req_fail(r, ORD_CONNECTION, 0, "could not create a libcurl handle (out of memory)");
-        finish(e, r, ORD_CONNECTION, NULL);
+        finish(e, r, ORD_CONNECTION, NULL, 0);
         return;
     }
     setup_easy(e, h, r);
     if (curl_multi_add_handle(e->multi, h) != CURLM_OK) {
         easy_put(e, h);
         ord_req_fail(r, ORD_CONNECTION, 0, "libcurl refused the transfer");
-        finish(e, r, ORD_CONNECTION, NULL);
+        finish(e, r, ORD_CONNECTION, NULL, 0);
         return;
     }
     r->easy = h;
@@ -540,12 +566,9 @@ static void on_done(engine *e, ord_req *r, CURLcode rc)
     int slot = r->attempts - 1 < ORD_ATTEMPT_LOG ? r->attempts - 1 : ORD_ATTEMPT_LOG - 1;
     r->log[slot] = (ord_attempt){status, (int)rc, (uint32_t)(now - r->t_attempt_ms)};
     detach(e, r);
-    pthread_mutex_lock(&g_stats_mu);
-    count_status(status);
-    pthread_mutex_unlock(&g_stats_mu);
 
     if (atomic_load(&r->cancelled)) {
-        finish(e, r, ORD_CANCELLED, NULL);
+        finish(e, r, ORD_CANCELLED, NULL, status);
         return;
     }
     ord_usage usage = {0};
@@ -566,7 +589,7 @@ static void on_done(engine *e, ord_req *r, CURLcode rc)
         r->status = status;
     }
     if (reason == ORD_OK) {
-        finish(e, r, ORD_OK, &usage);
+        finish(e, r, ORD_OK, &usage, status);
         return;
     }
     int retry = ord_reason_get(reason)->retryable;
@@ -578,12 +601,13 @@ static void on_done(engine *e, ord_req *r, CURLcode rc)
         r->due_ms = now + backoff_ms(e, r);
         if (heap_push(e, r) == 0) {
             pthread_mutex_lock(&g_stats_mu);
+            count_status(status);
             g_stats.retries++;
             pthread_mutex_unlock(&g_stats_mu);
             return;
         }
     }
-    finish(e, r, reason, &usage);
+    finish(e, r, reason, &usage, status);
 }
 
 /* Take r out of whichever engine structure holds it. Returns 0 when it had
@@ -608,14 +632,14 @@ static int take_out(engine *e, ord_req *r)
 static void cancel_one(engine *e, ord_req *r)
 {
     if (take_out(e, r))
-        finish(e, r, ORD_CANCELLED, NULL);
+        finish(e, r, ORD_CANCELLED, NULL, 0);
 }
 
 static void fail_shutdown(engine *e, ord_req *r)
 {
     take_out(e, r);
     ord_req_fail(r, ORD_SHUTDOWN, 0, "the interpreter is exiting");
-    finish(e, r, ORD_SHUTDOWN, NULL);
+    finish(e, r, ORD_SHUTDOWN, NULL, 0);
 }
 
 static void fail_everything(engine *e, ord_req *inbox)
@@ -891,6 +915,8 @@ static void engine_free(engine *e)
 {
     for (size_t i = 0; i < e->pool_len; i++)
         curl_easy_cleanup(e->pool[i]);
+    for (int i = 0; i < e->n_spare; i++)
+        free(e->spare[i].buf);
     free(e->pool);
     free(e->heap);
     curl_multi_cleanup(e->multi);
@@ -1034,5 +1060,6 @@ void ord_engine_after_fork_child(void)
     pthread_mutex_init(&g_stats_mu, NULL);
     memset(&g_stats, 0, sizeof g_stats);
     memset(g_hist, 0, sizeof g_hist);
+    ord_parse_after_fork_child();
     atomic_fetch_add(&ord_fork_generation, 1);
 }

@@ -306,8 +306,8 @@ static void take_usage(const cJSON *root, ord_usage *u)
  *
  * cJSON's hooks are process-wide (libcjson is a shared library, and another
  * extension may use it too), so the hooks are plain malloc and free except
- * on a thread inside ord_parse_reply, and for pointers from that thread's
- * arena. Another user of libcjson sees no difference; if it installs hooks
+ * on the thread the arena is lent to, inside ord_parse_reply, and for
+ * pointers from the arena. Another user of libcjson sees no difference; if it installs hooks
  * of its own, ours are simply not called. Under ASan the arena is poisoned
  * between parses, so a pointer into a freed tree is still caught. */
 #define ARENA_BYTES (64 * 1024)
@@ -318,30 +318,45 @@ typedef struct {
     int active;
 } arena;
 
-static __thread arena t_arena;
+/* One arena, lent to one thread at a time: in practice the engine thread,
+ * the only one that parses replies. A thread-local arena cost a
+ * __tls_get_addr in every hook call (an extension is built with the
+ * general-dynamic TLS model), about 0.7% of the engine's time. Only the
+ * owner touches g_arena; the hooks of every other thread see an owner that
+ * is not themselves and go straight to malloc and free. */
+static arena g_arena;
+static atomic_ulong g_arena_owner; /* the pthread_t using g_arena; 0: none */
+_Static_assert(sizeof(pthread_t) == sizeof(unsigned long), "pthread_t is an integer on Linux");
+
+static int arena_mine(void)
+{
+    return atomic_load_explicit(&g_arena_owner, memory_order_relaxed) == (unsigned long)pthread_self();
+}
 
 static int in_arena(const void *p)
 {
-    uintptr_t b = (uintptr_t)t_arena.base, q = (uintptr_t)p;
+    uintptr_t b = (uintptr_t)g_arena.base, q = (uintptr_t)p;
     return b && q >= b && q < b + ARENA_BYTES;
 }
 
 static void *arena_malloc(size_t n)
 {
-    arena *a = &t_arena;
-    size_t need = (n + 15) & ~(size_t)15;
-    if (a->active && need >= n && need <= ARENA_BYTES - a->used) {
-        void *p = a->base + a->used;
-        a->used += need;
-        UNPOISON(p, n);
-        return p;
+    if (arena_mine()) {
+        arena *a = &g_arena;
+        size_t need = (n + 15) & ~(size_t)15;
+        if (a->active && need >= n && need <= ARENA_BYTES - a->used) {
+            void *p = a->base + a->used;
+            a->used += need;
+            UNPOISON(p, n);
+            return p;
+        }
     }
     return malloc(n); /* large strings, and everybody else */
 }
 
 static void arena_free(void *p)
 {
-    if (!in_arena(p))
+    if (!(arena_mine() && in_arena(p)))
         free(p);
 }
 
@@ -355,7 +370,12 @@ static cJSON *parse_json(const char *buf, size_t len)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, install_hooks);
-    arena *a = &t_arena;
+    unsigned long self = (unsigned long)pthread_self(), none = 0;
+    if (atomic_load_explicit(&g_arena_owner, memory_order_acquire) != self &&
+        !atomic_compare_exchange_strong_explicit(&g_arena_owner, &none, self, memory_order_acquire,
+                                                 memory_order_relaxed))
+        return cJSON_ParseWithLength(buf, len); /* lent to another thread: plain malloc */
+    arena *a = &g_arena;
     if (!a->base) {
         a->base = malloc(ARENA_BYTES);
         if (a->base)
@@ -373,9 +393,20 @@ static cJSON *parse_json(const char *buf, size_t len)
 
 void ord_parse_thread_done(void)
 {
-    free(t_arena.base);
-    t_arena.base = NULL;
-    t_arena.used = 0;
+    if (!arena_mine())
+        return;
+    free(g_arena.base);
+    g_arena = (arena){0};
+    atomic_store_explicit(&g_arena_owner, 0, memory_order_release);
+}
+
+/* The owner may have been a thread of the parent: the arena's memory was
+ * copied into the child and is the child's to reuse. */
+void ord_parse_after_fork_child(void)
+{
+    g_arena.used = 0;
+    g_arena.active = 0;
+    atomic_store_explicit(&g_arena_owner, 0, memory_order_relaxed);
 }
 
 ord_reason ord_parse_reply(ord_req *r, long http_status, ord_usage *usage)
