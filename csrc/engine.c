@@ -427,6 +427,9 @@ static void setup_easy(engine *e, CURL *h, ord_req *r)
     curl_easy_setopt(h, CURLOPT_OPENSOCKETDATA, e);
     curl_easy_setopt(h, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
     curl_easy_setopt(h, CURLOPT_CLOSESOCKETDATA, e);
+    /* Set even when empty: then libcurl does not look in the environment. */
+    curl_easy_setopt(h, CURLOPT_PROXY, r->proxy ? r->proxy : "");
+    curl_easy_setopt(h, CURLOPT_NOPROXY, r->noproxy ? r->noproxy : "");
     if (r->cainfo)
         curl_easy_setopt(h, CURLOPT_CAINFO, r->cainfo);
 }

@@ -83,6 +83,7 @@ typedef struct ord_req {
     struct curl_slist *headers;
     struct ord_hdrs *shared_headers; /* when set, headers belongs to it (request.c) */
     char *cainfo;                 /* NULL: libcurl's default bundle */
+    char *proxy, *noproxy;        /* from the environment (request.c); NULL: none */
     char *secret;                 /* the key, only to redact it from messages */
     char *model;                  /* for log lines */
     long timeout_ms;

@@ -334,19 +334,29 @@ static int jw_value(jw *w, PyObject *o, const char *what, int depth)
 /* The variables a call reads, found in one pass over the environment. A
  * dozen getenv calls each walked all of it: in a trainer's environment of a
  * hundred or more variables (CUDA_*, NCCL_*, ...) that was µs per call with
- * the GIL held. */
+ * the GIL held. The proxy variables are read here too, for libcurl (see
+ * take_proxy). */
 enum {
     E_OPENAI_API_KEY, E_OPENROUTER_API_KEY, E_OPENAI_API_BASE, E_OPENROUTER_REFERER,
     E_OPENROUTER_TITLE, E_OPENROUTER_MODEL_MAP, E_LITELLM_DEFAULT_TIMEOUT,
     E_OPENROUTER_RETRY_BASE_DELAY, E_OPENROUTER_RETRY_MAX_DELAY, E_OPENROUTER_MAX_RESPONSE_BYTES,
-    E_OPENROUTER_RAISE_ON_ERROR, E_SSL_CERT_FILE, E_CURL_CA_BUNDLE, E_COUNT
+    E_OPENROUTER_RAISE_ON_ERROR, E_SSL_CERT_FILE, E_CURL_CA_BUNDLE,
+    E_no_proxy, E_NO_PROXY, E_http_proxy, E_https_proxy, E_HTTPS_PROXY, E_all_proxy, E_ALL_PROXY,
+    E_COUNT
 };
 
-static const char *const env_names[E_COUNT] = {
-    "OPENAI_API_KEY", "OPENROUTER_API_KEY", "OPENAI_API_BASE", "OPENROUTER_REFERER",
-    "OPENROUTER_TITLE", "OPENROUTER_MODEL_MAP", "LITELLM_DEFAULT_TIMEOUT",
-    "OPENROUTER_RETRY_BASE_DELAY", "OPENROUTER_RETRY_MAX_DELAY", "OPENROUTER_MAX_RESPONSE_BYTES",
-    "OPENROUTER_RAISE_ON_ERROR", "SSL_CERT_FILE", "CURL_CA_BUNDLE",
+#define NAMED(s) {s, sizeof s - 1} /* a name and its length */
+static const struct {
+    const char *name;
+    size_t len;
+} env_names[E_COUNT] = {
+    NAMED("OPENAI_API_KEY"), NAMED("OPENROUTER_API_KEY"), NAMED("OPENAI_API_BASE"),
+    NAMED("OPENROUTER_REFERER"), NAMED("OPENROUTER_TITLE"), NAMED("OPENROUTER_MODEL_MAP"),
+    NAMED("LITELLM_DEFAULT_TIMEOUT"), NAMED("OPENROUTER_RETRY_BASE_DELAY"),
+    NAMED("OPENROUTER_RETRY_MAX_DELAY"), NAMED("OPENROUTER_MAX_RESPONSE_BYTES"),
+    NAMED("OPENROUTER_RAISE_ON_ERROR"), NAMED("SSL_CERT_FILE"), NAMED("CURL_CA_BUNDLE"),
+    NAMED("no_proxy"), NAMED("NO_PROXY"), NAMED("http_proxy"), NAMED("https_proxy"),
+    NAMED("HTTPS_PROXY"), NAMED("all_proxy"), NAMED("ALL_PROXY"),
 };
 
 /* Values point into environ, as getenv's do. They stay valid for the whole
@@ -358,20 +368,37 @@ typedef struct {
 
 extern char **environ;
 
+/* Bit n set: some name we read is n characters long. */
+static uint64_t env_lengths(void)
+{
+    static uint64_t mask; /* the GIL guards it, like every caller */
+    if (!mask)
+        for (int i = 0; i < E_COUNT; i++)
+            mask |= 1ULL << env_names[i].len;
+    return mask;
+}
+
 static void env_scan(env_view *env)
 {
     memset(env, 0, sizeof *env);
     for (char **p = environ; p && *p; p++) {
         const char *s = *p;
         /* Every name we read starts with one of these. */
-        if (s[0] != 'O' && s[0] != 'L' && s[0] != 'S' && s[0] != 'C')
+        switch (s[0]) {
+        case 'O': case 'L': case 'S': case 'C': case 'n': case 'N': case 'h': case 'H':
+        case 'a': case 'A':
+            break;
+        default:
             continue;
+        }
         const char *eq = strchr(s, '=');
         if (!eq || !eq[1])
             continue;
         size_t n = (size_t)(eq - s);
+        if (n >= 64 || !(env_lengths() & (1ULL << n)))
+            continue;
         for (int i = 0; i < E_COUNT; i++) {
-            if (strncmp(env_names[i], s, n) == 0 && env_names[i][n] == '\0') {
+            if (env_names[i].len == n && memcmp(env_names[i].name, s, n) == 0) {
                 if (!env->v[i]) /* the first one wins, as with getenv */
                     env->v[i] = eq + 1;
                 break;
@@ -410,18 +437,70 @@ static int is_interpreted(const char *k)
     return 0;
 }
 
-static PyObject *kw(PyObject *kwargs, const char *name)
+/* The kwargs the call itself interprets, found in one pass over the dict.
+ * A PyDict_GetItemString per name made and hashed a str each time: nine of
+ * them were about 6,000 instructions per call (callgrind), with the GIL. */
+enum {
+    K_num_retries, K_max_retries, K_timeout, K_api_key, K_api_base, K_base_url, K_extra_headers,
+    K_fallbacks, K_raise_on_error, K_COUNT
+};
+
+static const struct {
+    const char *name;
+    size_t len;
+} kw_names[K_COUNT] = {
+    NAMED("num_retries"), NAMED("max_retries"), NAMED("timeout"), NAMED("api_key"),
+    NAMED("api_base"), NAMED("base_url"), NAMED("extra_headers"), NAMED("fallbacks"),
+    NAMED("raise_on_error"),
+};
+
+typedef struct {
+    PyObject *v[K_COUNT]; /* borrowed from kwargs; NULL: absent or None */
+} kw_view;
+
+static void kw_scan(PyObject *kwargs, kw_view *kv)
 {
-    /* Most calls pass no kwargs; PyDict_GetItemString makes a str each time. */
-    if (!kwargs || PyDict_GET_SIZE(kwargs) == 0)
-        return NULL;
-    PyObject *v = PyDict_GetItemString(kwargs, name);
-    return v == Py_None ? NULL : v;
+    memset(kv, 0, sizeof *kv);
+    if (!kwargs)
+        return;
+    PyObject *k, *v;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(kwargs, &pos, &k, &v)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_Check(k) ? PyUnicode_AsUTF8AndSize(k, &n) : NULL;
+        if (!s) {
+            PyErr_Clear(); /* not one of ours; check_types judges the keys */
+            continue;
+        }
+        for (int i = 0; i < K_COUNT; i++) {
+            if (kw_names[i].len == (size_t)n && memcmp(kw_names[i].name, s, (size_t)n) == 0) {
+                kv->v[i] = v == Py_None ? NULL : v;
+                break;
+            }
+        }
+    }
 }
 
-static int kw_str(PyObject *kwargs, const char *name, const char **out)
+/* d[name] for a dict of a few str keys, such as a message: comparing them
+ * costs less than making and hashing a str to look it up. */
+static PyObject *small_dict_get(PyObject *d, const char *name, size_t len)
 {
-    PyObject *v = kw(kwargs, name);
+    PyObject *k, *v;
+    Py_ssize_t pos = 0, n;
+    while (PyDict_Check(d) && PyDict_Next(d, &pos, &k, &v)) {
+        const char *s = PyUnicode_Check(k) ? PyUnicode_AsUTF8AndSize(k, &n) : NULL;
+        if (!s)
+            PyErr_Clear();
+        else if ((size_t)n == len && memcmp(s, name, len) == 0)
+            return v;
+    }
+    return NULL;
+}
+
+static int kw_str(const kw_view *kv, int which, const char **out)
+{
+    PyObject *v = kv->v[which];
+    const char *name = kw_names[which].name;
     if (!v)
         return 0;
     if (!PyUnicode_Check(v)) {
@@ -686,11 +765,11 @@ static int check_types(const ord_call_args *a, PyObject *extra, PyObject *fallba
     return 0;
 }
 
-static int read_limits(ord_req *r, PyObject *kwargs, const env_view *env)
+static int read_limits(ord_req *r, const kw_view *kv, const env_view *env)
 {
-    PyObject *nr = kw(kwargs, "num_retries");
+    PyObject *nr = kv->v[K_num_retries];
     if (!nr)
-        nr = kw(kwargs, "max_retries");
+        nr = kv->v[K_max_retries];
     r->max_retries = 5;
     if (nr) {
         if (!PyLong_Check(nr) || PyBool_Check(nr)) {
@@ -703,7 +782,7 @@ static int read_limits(ord_req *r, PyObject *kwargs, const env_view *env)
         r->max_retries = v < 0 ? 0 : v > 1000 ? 1000 : (int)v;
     }
     double timeout = env_double(env, E_LITELLM_DEFAULT_TIMEOUT, 600.0);
-    PyObject *t = kw(kwargs, "timeout");
+    PyObject *t = kv->v[K_timeout];
     if (t) {
         if (!(PyLong_Check(t) || PyFloat_Check(t)) || PyBool_Check(t)) {
             PyErr_Format(PyExc_TypeError, "timeout must be a number of seconds, not %.100s",
@@ -728,8 +807,8 @@ static int read_limits(ord_req *r, PyObject *kwargs, const env_view *env)
     r->max_delay_ms = fmin(env_double(env, E_OPENROUTER_RETRY_MAX_DELAY, 8.0), day_s) * 1000.0;
     double cap = env_double(env, E_OPENROUTER_MAX_RESPONSE_BYTES, 64.0 * 1024 * 1024);
     r->max_response = (curl_off_t)(cap < 1 ? 64.0 * 1024 * 1024 : fmin(cap, 0x1p62));
-    PyObject *strict = kwargs ? PyDict_GetItemString(kwargs, "raise_on_error") : NULL;
-    if (strict && strict != Py_None) {
+    PyObject *strict = kv->v[K_raise_on_error];
+    if (strict) {
         int s = PyObject_IsTrue(strict);
         if (s < 0)
             return -1;
@@ -951,7 +1030,7 @@ static char *build_body(const ord_call_args *a, const char *model, PyObject *fal
                 guess += (size_t)PyUnicode_GET_LENGTH(prompts[i]) + 64;
     } else {
         for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(a->messages); i++) {
-            PyObject *c = PyDict_GetItemString(PySequence_Fast_GET_ITEM(a->messages, i), "content");
+            PyObject *c = small_dict_get(PySequence_Fast_GET_ITEM(a->messages, i), "content", 7);
             if (c && PyUnicode_Check(c) && PyUnicode_IS_COMPACT_ASCII(c))
                 guess += (size_t)PyUnicode_GET_LENGTH(c) + 64;
         }
@@ -998,6 +1077,30 @@ static char *build_body(const ord_call_args *a, const char *model, PyObject *fal
     return w.p;
 }
 
+/* The proxy libcurl would find in the environment, found here instead, and
+ * given to it as CURLOPT_PROXY / CURLOPT_NOPROXY (NULL: none, sent as "").
+ * Left to itself, libcurl reads five or six variables with getenv for every
+ * transfer: on the engine thread, where it races with os.environ changes
+ * made under the GIL, and at a cost that grows with the environment. Its
+ * rules (7.88, url.c detect_proxy): <scheme>_proxy in lower case, then
+ * upper case except HTTP_PROXY (left out on purpose, a CGI header can set
+ * it), then all_proxy, ALL_PROXY; no_proxy before NO_PROXY; an empty value
+ * is unset. libcurl still applies no_proxy's host matching itself. */
+static int take_proxy(ord_req *r, const char *base, const env_view *env)
+{
+    const char *proxy;
+    if (strncasecmp(base, "https://", 8) == 0)
+        proxy = env->v[E_https_proxy] ? env->v[E_https_proxy] : env->v[E_HTTPS_PROXY];
+    else
+        proxy = env->v[E_http_proxy];
+    if (!proxy)
+        proxy = env->v[E_all_proxy] ? env->v[E_all_proxy] : env->v[E_ALL_PROXY];
+    const char *noproxy = env->v[E_no_proxy] ? env->v[E_no_proxy] : env->v[E_NO_PROXY];
+    r->proxy = proxy ? strdup(proxy) : NULL;
+    r->noproxy = noproxy ? strdup(noproxy) : NULL;
+    return (proxy && !r->proxy) || (noproxy && !r->noproxy) ? -1 : 0;
+}
+
 static char *build_url(const char *base)
 {
     size_t n = strlen(base);
@@ -1014,8 +1117,10 @@ static char *build_url(const char *base)
 
 ord_req *ord_build_request(const ord_call_args *a)
 {
-    PyObject *extra = kw(a->kwargs, "extra_headers");
-    PyObject *fallbacks = kw(a->kwargs, "fallbacks");
+    kw_view kv;
+    kw_scan(a->kwargs, &kv);
+    PyObject *extra = kv.v[K_extra_headers];
+    PyObject *fallbacks = kv.v[K_fallbacks];
     if (check_types(a, extra, fallbacks) < 0)
         return NULL;
     const char *model_full = PyUnicode_AsUTF8(a->model);
@@ -1023,8 +1128,8 @@ ord_req *ord_build_request(const ord_call_args *a)
         return NULL;
 
     const char *key = NULL, *base = NULL;
-    if (kw_str(a->kwargs, "api_key", &key) < 0 || kw_str(a->kwargs, "api_base", &base) < 0 ||
-        (!base && kw_str(a->kwargs, "base_url", &base) < 0))
+    if (kw_str(&kv, K_api_key, &key) < 0 || kw_str(&kv, K_api_base, &base) < 0 ||
+        (!base && kw_str(&kv, K_base_url, &base) < 0))
         return NULL;
     env_view env;
     env_scan(&env);
@@ -1054,11 +1159,11 @@ ord_req *ord_build_request(const ord_call_args *a)
         ca = env.v[E_CURL_CA_BUNDLE];
     if (ca)
         r->cainfo = strdup(ca);
-    if (!r->model || !r->url || (ca && !r->cainfo)) {
+    if (!r->model || !r->url || (ca && !r->cainfo) || take_proxy(r, base, &env) < 0) {
         PyErr_NoMemory();
         goto error;
     }
-    if (read_limits(r, a->kwargs, &env) < 0)
+    if (read_limits(r, &kv, &env) < 0)
         goto error;
     r->auto_mapped = auto_mapped;
     /* The key would cross the network in clear. */
@@ -1118,6 +1223,8 @@ void ord_req_decref(ord_req *r)
     else
         curl_slist_free_all(r->headers);
     free(r->cainfo);
+    free(r->proxy);
+    free(r->noproxy);
     wipe_free(r->secret); /* don't leave the key lying in freed heap memory */
     free(r->model);
     free(r->buf);

@@ -35,6 +35,48 @@ def test_no_proxy_bypasses_the_proxy(od, server, forward_proxy, monkeypatch):
     assert server.attempts_for(p) == 1
 
 
+PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+              "no_proxy", "NO_PROXY")
+
+
+@pytest.mark.parametrize("env, via_proxy", [
+    # libcurl's rules, which the call now applies itself (request.c, take_proxy)
+    ({"HTTP_PROXY": "{proxy}"}, False),               # upper case ignored for http://
+    ({"all_proxy": "{proxy}"}, True),
+    ({"ALL_PROXY": "{proxy}"}, True),
+    ({"http_proxy": "", "all_proxy": "{proxy}"}, True),  # empty counts as unset
+    ({"http_proxy": "{proxy}", "all_proxy": "http://127.0.0.1:9"}, True),  # scheme's own first
+    ({"https_proxy": "{proxy}"}, False),              # another scheme's
+    ({"all_proxy": "{proxy}", "NO_PROXY": "127.0.0.1"}, False),
+    ({"all_proxy": "{proxy}", "no_proxy": "example.com"}, True),
+    ({"all_proxy": "{proxy}", "no_proxy": "example.com", "NO_PROXY": "127.0.0.1"}, True),
+    ({"all_proxy": "{proxy}", "no_proxy": "*"}, False),
+])
+def test_proxy_variables_follow_libcurls_rules(od, server, forward_proxy, monkeypatch, env,
+                                               via_proxy):
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(proxy=forward_proxy.url))
+    p = uniq()
+    assert arun(od.run_openrouter_async("fake/echo", p, num_retries=0)) == "echo: " + p
+    assert len(forward_proxy.seen) == (1 if via_proxy else 0)
+    assert server.attempts_for(p) == 1
+
+
+def test_proxy_env_change_applies_to_the_next_call(od, server, forward_proxy, monkeypatch):
+    """The proxy is read per call, as libcurl read it per transfer."""
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    p1, p2, p3 = uniq(), uniq(), uniq()
+    assert arun(od.run_openrouter_async("fake/echo", p1)) == "echo: " + p1
+    monkeypatch.setenv("http_proxy", forward_proxy.url)
+    assert arun(od.run_openrouter_async("fake/echo", p2)) == "echo: " + p2
+    monkeypatch.delenv("http_proxy")
+    assert arun(od.run_openrouter_async("fake/echo", p3)) == "echo: " + p3
+    assert len(forward_proxy.seen) == 1
+
+
 def test_proxy_env_read_at_first_call_in_fresh_process(server, forward_proxy):
     code = r'''
 import openrouter_direct as od
