@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -59,21 +58,11 @@ def main():
         sys.exit("valgrind is not installed (apt-get install -y valgrind)")
     out = os.path.join(suite.OUT, "instructions")
     os.makedirs(out, exist_ok=True)
-    os.makedirs(os.path.join(suite.OUT, "logs"), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="od-instr-")
-    ng = None
-    try:
-        ca, cert, key = suite.make_certs(tmp)
-        env = suite.child_env(ca)
+    with suite.one_client_nginx("od-instr-") as (env, ng):
         if a.pkg:
             env["PYTHONPATH"] = os.path.abspath(a.pkg) + os.pathsep + env.get("PYTHONPATH", "")
-        ng = suite.Nginx(tmp, cert, key)
         small = run(a, env, ng.plain, a.small, out)
         large = run(a, env, ng.plain, a.large, out)
-    finally:
-        if ng:
-            ng.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
     calls = a.large - a.small
     print(f"{a.client}: instructions per call over {calls} calls (plain HTTP, user space)")
     print(f"  {'whole process':<16}{(sum(large.values()) - sum(small.values())) / calls:>12,.0f}")

@@ -10,10 +10,8 @@ bench/out/profile/. Needs `perf` (apt: linux-perf) and root or perf_event_parano
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -29,13 +27,7 @@ def main():
     a = p.parse_args()
     out = os.path.join(suite.OUT, "profile")
     os.makedirs(out, exist_ok=True)
-    os.makedirs(os.path.join(suite.OUT, "logs"), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="od-profile-")
-    ng = None
-    try:
-        ca, cert, key = suite.make_certs(tmp)
-        env = suite.child_env(ca)
-        ng = suite.Nginx(tmp, cert, key)
+    with suite.one_client_nginx("od-profile-") as (env, ng):
         base = ng.plain if a.proto == "plain" else ng.tls
         cmd = [suite.PY, os.path.join(HERE, "client.py"), a.client, "throughput", base,
                "--n", str(a.n), "--rounds", "1", "--warmup-secs", "0"]
@@ -57,10 +49,6 @@ def main():
                            stderr=subprocess.DEVNULL)
             print(f"== py-spy raw stacks: {svg}")
             summarize_pyspy(svg, a.top)
-    finally:
-        if ng:
-            ng.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def summarize_pyspy(path, top):

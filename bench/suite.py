@@ -17,6 +17,7 @@ status is non-zero when any client failed, crashed or returned a wrong answer.
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -242,6 +243,25 @@ class SlowServer:
 
 
 # ---- measurements ----
+
+@contextlib.contextmanager
+def one_client_nginx(prefix):
+    """For the tools that study one client (profile.py, instructions.py): a throw-away CA and the
+    bench nginx. Yields (env for the client's process, the Nginx); stops it and removes its files
+    on exit."""
+    os.makedirs(os.path.join(OUT, "logs"), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    ng = None
+    try:
+        ca, cert, key = make_certs(tmp)
+        env = child_env(ca)
+        ng = Nginx(tmp, cert, key)
+        yield env, ng
+    finally:
+        if ng:
+            ng.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
 
 def child_env(ca):
     env = {k: v for k, v in os.environ.items()
