@@ -1,7 +1,7 @@
 """Instructions per call, per thread, counted by valgrind's callgrind: a figure that the shared,
 noisy bench machine cannot move, for A/B comparisons of small changes.
 
-    bench/.venv/bin/python bench/instructions.py [CLIENT] [--small N] [--large N] [--pkg DIR]
+    bench/.venv/bin/python bench/instructions.py [CLIENT] [--tls] [--small N] [--large N] [--pkg DIR]
 
 Runs one throughput test of `--small` calls and one of `--large` calls under callgrind (user-space
 instructions only; the kernel's share is not counted) and reports (large - small) / (difference in
@@ -37,7 +37,7 @@ def totals(prefix):
 
 
 def run(a, env, base, n, out):
-    prefix = os.path.join(out, f"{a.client}-{n}.callgrind")
+    prefix = os.path.join(out, f"{a.client}-{'tls' if a.tls else 'plain'}-{n}.callgrind")
     for old in glob.glob(prefix + "*"):
         os.remove(old)
     cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={prefix}",
@@ -53,6 +53,7 @@ def main():
     p.add_argument("--small", type=int, default=2000)
     p.add_argument("--large", type=int, default=8000)
     p.add_argument("--pkg", help="directory to put first on PYTHONPATH")
+    p.add_argument("--tls", action="store_true", help="TLS + HTTP/2 instead of plain HTTP/1.1")
     a = p.parse_args()
     if not shutil.which("valgrind"):
         sys.exit("valgrind is not installed (apt-get install -y valgrind)")
@@ -61,10 +62,12 @@ def main():
     with suite.one_client_nginx("od-instr-") as (env, ng):
         if a.pkg:
             env["PYTHONPATH"] = os.path.abspath(a.pkg) + os.pathsep + env.get("PYTHONPATH", "")
-        small = run(a, env, ng.plain, a.small, out)
-        large = run(a, env, ng.plain, a.large, out)
+        base = ng.tls if a.tls else ng.plain
+        small = run(a, env, base, a.small, out)
+        large = run(a, env, base, a.large, out)
     calls = a.large - a.small
-    print(f"{a.client}: instructions per call over {calls} calls (plain HTTP, user space)")
+    proto = "TLS + HTTP/2" if a.tls else "plain HTTP/1.1"
+    print(f"{a.client}: instructions per call over {calls} calls ({proto}, user space)")
     print(f"  {'whole process':<16}{(sum(large.values()) - sum(small.values())) / calls:>12,.0f}")
     for t in sorted(large):
         per = (large[t] - small.get(t, 0)) / calls
