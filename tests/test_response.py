@@ -44,6 +44,25 @@ def test_three_megabyte_reply_is_returned_whole(od, sync):
     assert out == big_content(n)
 
 
+def test_replies_of_every_size_in_turn_come_back_exact(od):
+    """The engine keeps response buffers for later calls (up to 64 KB each): a short reply after
+    a long one, and replies larger than a kept buffer, must still come back byte for byte."""
+    import asyncio
+
+    sizes = [0, 60_000, 10, 200_000, 1, 4_000, 70_000, 0, 3, 65_536, 17]
+
+    async def rounds():
+        for _ in range(3):
+            outs = []
+            for n in sizes:  # one after another: each call may take the buffer the last one left
+                outs.append(await od.run_openrouter_async("fake/big-%d" % n, uniq()))
+            outs += await asyncio.gather(*(od.run_openrouter_async("fake/big-%d" % n, uniq())
+                                           for n in sizes))
+            assert outs == [big_content(n) for n in sizes + sizes]
+
+    arun(rounds())
+
+
 def test_empty_big_reply_is_empty_string(od):
     assert arun(od.run_openrouter_async("fake/big-0", uniq())) == ""
 
