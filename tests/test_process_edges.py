@@ -205,7 +205,7 @@ def test_ctrl_c_from_outside_interrupts_a_sync_call_in_the_main_thread(server, m
 
 def test_ctrl_c_from_outside_interrupts_asyncio_run_with_calls_in_flight(server):
     code = r'''
-import asyncio, time, openrouter_direct as od
+import asyncio, sys, time, openrouter_direct as od
 async def main():
     await asyncio.gather(*(od.run_openrouter_async("fake/stall", "ctrl-c-async-%d" % i)
                            for i in range(20)))
@@ -217,6 +217,8 @@ except KeyboardInterrupt:
         time.sleep(0.01)
     s = od.stats()
     print("interrupted", s["in_flight"], s["queued"], s["cancelled"])
+    # all of it, for the failure message: twice in CI this ended "6 0 14" and "2 0 18"
+    print(round(time.monotonic() - t0, 3), s, file=sys.stderr)
 '''
     proc = spawn(code)
     elapsed, out, err = interrupt_when_ready(proc, server, "ctrl-c-async-", ready_attempts=10)
