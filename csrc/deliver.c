@@ -151,14 +151,18 @@ int ord_channel_track(PyObject *channel, ord_req *r, PyObject *future)
 }
 
 /* Removes key from the map. *out is the request when the call was still
- * waiting (the caller then owns the submitter's reference), else NULL. */
-int ord_channel_untrack(PyObject *channel, PyObject *key, ord_req **out)
+ * waiting (the caller then owns the submitter's reference), else NULL.
+ * expect: when not NULL, the key counts only if it maps to this very future
+ * (a key is an address, which a later call may reuse). */
+int ord_channel_untrack(PyObject *channel, PyObject *key, PyObject *expect, ord_req **out)
 {
     ChannelObject *ch = (ChannelObject *)channel;
     *out = NULL;
     PyObject *fut = PyDict_GetItemWithError(ch->futures, key);
     if (!fut)
         return PyErr_Occurred() ? -1 : 0;
+    if (expect && fut != expect)
+        return 0;
     if (PyDict_DelItem(ch->futures, key) < 0)
         return -1;
     *out = PyLong_AsVoidPtr(key);

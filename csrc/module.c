@@ -250,7 +250,7 @@ static PyObject *mod_submit(PyObject *module, PyObject *const *args, Py_ssize_t 
     int rc = ord_engine_submit(r);
     if (rc != 0) {
         ord_req *again;
-        ord_channel_untrack(ch, key, &again);
+        ord_channel_untrack(ch, key, NULL, &again);
         fail_refused(r, rc);
         if (resolve_now(module, fut, r) == 0)
             out = PyTuple_Pack(2, fut, Py_None);
@@ -268,10 +268,16 @@ done:
     return out;
 }
 
-/* cancel(key): the awaiting task was cancelled; abort the transfer. */
-static PyObject *mod_cancel(PyObject *module, PyObject *key)
+/* cancel(key[, fut]): the awaiting task was cancelled (or its coroutine
+ * closed); abort the transfer. */
+static PyObject *mod_cancel(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     ord_state *st = ord_get_state(module);
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "cancel() takes a key and optionally its future (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *key = args[0], *fut = nargs == 2 && args[1] != Py_None ? args[1] : NULL;
     if (key == Py_None)
         Py_RETURN_NONE;
     PyObject *loop = running_loop(st);
@@ -279,11 +285,24 @@ static PyObject *mod_cancel(PyObject *module, PyObject *key)
         return NULL;
     PyObject *ch = loop != Py_None ? PyDict_GetItemWithError(st->channels, loop) : NULL;
     Py_DECREF(loop);
-    if (!ch)
-        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
-    ord_req *r;
-    if (ord_channel_untrack(ch, key, &r) < 0)
+    if (!ch && PyErr_Occurred())
         return NULL;
+    ord_req *r = NULL;
+    if (ch && ord_channel_untrack(ch, key, fut, &r) < 0)
+        return NULL;
+    /* Not in the running loop's channel: the coroutine may be closed outside
+     * its loop (a loop closed with the call still awaiting, the task
+     * collected later, with no loop or another one running). Look in every
+     * channel, matching the future itself so that a reused address cannot
+     * cancel another call; otherwise the call would stay on the wire until
+     * its timeout. */
+    if (!r && fut) {
+        PyObject *k, *v;
+        Py_ssize_t pos = 0;
+        while (!r && PyDict_Next(st->channels, &pos, &k, &v))
+            if (v != ch && ord_channel_untrack(v, key, fut, &r) < 0)
+                return NULL;
+    }
     if (r) {
         ord_engine_cancel(r);
         ord_req_decref(r);
@@ -472,7 +491,8 @@ static PyMethodDef mod_methods[] = {
      "submit(model, user_prompt, system_prompt, messages, kwargs, default_max_tokens) -> (future, key)"},
     {"call", (PyCFunction)(void (*)(void))mod_call, METH_FASTCALL,
      "call(model, user_prompt, system_prompt, messages, kwargs, default_max_tokens) -> str"},
-    {"cancel", mod_cancel, METH_O, "cancel(key): abort the call of a cancelled task."},
+    {"cancel", (PyCFunction)(void (*)(void))mod_cancel, METH_FASTCALL,
+     "cancel(key[, fut]): abort the call of a cancelled task (fut: its future, to find it outside its loop)."},
     {"stats", mod_stats, METH_NOARGS, "Process-wide counters."},
     {"set_limit", mod_set_limit, METH_O, "set_limit(n or None) -> previous cap on calls on the wire."},
     {"set_hooks", mod_set_hooks, METH_VARARGS, "set_hooks(fail, attempt, debug_enabled, warn)."},

@@ -215,7 +215,7 @@ extern PyType_Spec ord_channel_spec;
 /* deliver.c: the channel of the running loop, made on first use. */
 PyObject *ord_channel_for_loop(PyObject *module, PyObject *loop);
 int ord_channel_track(PyObject *channel, ord_req *r, PyObject *future);
-int ord_channel_untrack(PyObject *channel, PyObject *key, ord_req **out);
+int ord_channel_untrack(PyObject *channel, PyObject *key, PyObject *expect, ord_req **out);
 void ord_channels_forget_after_fork(PyObject *module);
 ord_chan *ord_channel_native(PyObject *channel);
 /* The Python value for a finished request: str, or an exception instance

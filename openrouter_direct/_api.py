@@ -56,8 +56,8 @@ def _submit(*args: Any) -> Any:
     return _load().submit(*args)
 
 
-def _cancel(key: Any) -> None:
-    _load().cancel(key)
+def _cancel(key: Any, fut: Any = None) -> None:
+    _load().cancel(key, fut)
 
 
 def _call(*args: Any) -> str:
@@ -73,9 +73,9 @@ async def run_openrouter_async(model_name: str, user_prompt: str | None = None,
     try:
         return await fut
     except BaseException:
-        # Cancelled (or interrupted): abort the transfer and free its slot. A no-op when the
-        # result was already delivered.
-        _cancel(key)
+        # Cancelled (or interrupted, or the coroutine closed after its loop was): abort the
+        # transfer and free its slot. A no-op when the result was already delivered.
+        _cancel(key, fut)
         raise
 
 

@@ -174,6 +174,33 @@ def test_asyncio_run_ending_with_pending_calls_cancels_them(od, server):
     assert arun(od.run_openrouter_async("fake/echo", p)) == "echo: " + p
 
 
+def test_call_closed_after_its_loop_is_closed_is_cancelled(server):
+    """A loop closed with a call still awaiting (no asyncio.run to cancel it): when the coroutine
+    is closed later, outside any running loop, the call must still leave the wire. In a child
+    process, so that a call left on the wire cannot disturb the other tests."""
+    code = r'''
+import asyncio, gc, time, openrouter_direct as od
+loop = asyncio.new_event_loop()
+coro = od.run_openrouter_async("fake/stall", "closed-loop-call", num_retries=0)
+task = loop.create_task(coro)
+loop.run_until_complete(asyncio.sleep(0.2))  # submitted, awaiting its future
+loop.close()
+task = None
+coro.close()  # GeneratorExit at the await, with no loop running
+coro = None
+gc.collect()
+t0 = time.monotonic()
+while od.stats()["in_flight"] and time.monotonic() - t0 < 2:
+    time.sleep(0.01)
+s = od.stats()
+print(s["calls"], s["in_flight"], s["cancelled"])
+'''
+    proc = run_py(code, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert server.attempts_for("closed-loop-call") == 1
+    assert proc.stdout.split() == ["1", "0", "1"], (proc.stdout, proc.stderr)
+
+
 def test_cancel_racing_completion_is_harmless(server):
     """Cancel calls at random moments around their completion, in many short loops."""
     code = r'''
