@@ -345,11 +345,22 @@ enum {
     E_COUNT
 };
 
-#define NAMED(s) {s, sizeof s - 1} /* a name and its length */
-static const struct {
+typedef struct {
     const char *name;
     size_t len;
-} env_names[E_COUNT] = {
+} named;
+#define NAMED(s) {s, sizeof s - 1}
+
+/* The index of the n bytes at s in table, or -1. */
+static int name_index(const named *table, int count, const char *s, size_t n)
+{
+    for (int i = 0; i < count; i++)
+        if (table[i].len == n && memcmp(table[i].name, s, n) == 0)
+            return i;
+    return -1;
+}
+
+static const named env_names[E_COUNT] = {
     NAMED("OPENAI_API_KEY"), NAMED("OPENROUTER_API_KEY"), NAMED("OPENAI_API_BASE"),
     NAMED("OPENROUTER_REFERER"), NAMED("OPENROUTER_TITLE"), NAMED("OPENROUTER_MODEL_MAP"),
     NAMED("LITELLM_DEFAULT_TIMEOUT"), NAMED("OPENROUTER_RETRY_BASE_DELAY"),
@@ -397,13 +408,9 @@ static void env_scan(env_view *env)
         size_t n = (size_t)(eq - s);
         if (n >= 64 || !(env_lengths() & (1ULL << n)))
             continue;
-        for (int i = 0; i < E_COUNT; i++) {
-            if (env_names[i].len == n && memcmp(env_names[i].name, s, n) == 0) {
-                if (!env->v[i]) /* the first one wins, as with getenv */
-                    env->v[i] = eq + 1;
-                break;
-            }
-        }
+        int i = name_index(env_names, E_COUNT, s, n);
+        if (i >= 0 && !env->v[i]) /* the first one wins, as with getenv */
+            env->v[i] = eq + 1;
     }
 }
 
@@ -423,61 +430,52 @@ static int env_true(const env_view *env, int which)
     return v && (strcmp(v, "1") == 0 || strcasecmp(v, "true") == 0 || strcasecmp(v, "yes") == 0);
 }
 
-/* kwargs that LiteLLM interprets and OpenRouter must never see. */
-static const char *const interpreted[] = {
-    "num_retries", "max_retries", "timeout", "api_key", "api_base", "base_url",
-    "extra_headers", "drop_params", "fallbacks", "raise_on_error", NULL,
-};
-
-static int is_interpreted(const char *k)
-{
-    for (int i = 0; interpreted[i]; i++)
-        if (strcmp(k, interpreted[i]) == 0)
-            return 1;
-    return 0;
-}
-
-/* The kwargs the call itself interprets, found in one pass over the dict.
- * A PyDict_GetItemString per name made and hashed a str each time: nine of
- * them were about 6,000 instructions per call (callgrind), with the GIL. */
+/* kwargs that LiteLLM interprets and OpenRouter must never see; the call
+ * reads all of them but drop_params. */
 enum {
     K_num_retries, K_max_retries, K_timeout, K_api_key, K_api_base, K_base_url, K_extra_headers,
-    K_fallbacks, K_raise_on_error, K_COUNT
+    K_drop_params, K_fallbacks, K_raise_on_error, K_COUNT
 };
 
-static const struct {
-    const char *name;
-    size_t len;
-} kw_names[K_COUNT] = {
+static const named kw_names[K_COUNT] = {
     NAMED("num_retries"), NAMED("max_retries"), NAMED("timeout"), NAMED("api_key"),
-    NAMED("api_base"), NAMED("base_url"), NAMED("extra_headers"), NAMED("fallbacks"),
-    NAMED("raise_on_error"),
+    NAMED("api_base"), NAMED("base_url"), NAMED("extra_headers"), NAMED("drop_params"),
+    NAMED("fallbacks"), NAMED("raise_on_error"),
 };
+
+static int is_interpreted(const char *k, size_t n)
+{
+    return name_index(kw_names, K_COUNT, k, n) >= 0;
+}
+
+/* A dict key's UTF-8, or NULL (no error set) for a key that is not a str. */
+static const char *key_utf8(PyObject *k, Py_ssize_t *n)
+{
+    const char *s = PyUnicode_Check(k) ? PyUnicode_AsUTF8AndSize(k, n) : NULL;
+    if (!s)
+        PyErr_Clear();
+    return s;
+}
 
 typedef struct {
     PyObject *v[K_COUNT]; /* borrowed from kwargs; NULL: absent or None */
 } kw_view;
 
+/* The kwargs the call reads, found in one pass over the dict. A
+ * PyDict_GetItemString per name made and hashed a str each time: nine of
+ * them were about 6,000 instructions per call (callgrind), with the GIL. */
 static void kw_scan(PyObject *kwargs, kw_view *kv)
 {
     memset(kv, 0, sizeof *kv);
     if (!kwargs)
         return;
     PyObject *k, *v;
-    Py_ssize_t pos = 0;
+    Py_ssize_t pos = 0, n;
     while (PyDict_Next(kwargs, &pos, &k, &v)) {
-        Py_ssize_t n;
-        const char *s = PyUnicode_Check(k) ? PyUnicode_AsUTF8AndSize(k, &n) : NULL;
-        if (!s) {
-            PyErr_Clear(); /* not one of ours; check_types judges the keys */
-            continue;
-        }
-        for (int i = 0; i < K_COUNT; i++) {
-            if (kw_names[i].len == (size_t)n && memcmp(kw_names[i].name, s, (size_t)n) == 0) {
-                kv->v[i] = v == Py_None ? NULL : v;
-                break;
-            }
-        }
+        const char *s = key_utf8(k, &n); /* NULL: not one of ours; check_types judges the keys */
+        int i = s ? name_index(kw_names, K_COUNT, s, (size_t)n) : -1;
+        if (i >= 0)
+            kv->v[i] = v == Py_None ? NULL : v;
     }
 }
 
@@ -488,10 +486,8 @@ static PyObject *small_dict_get(PyObject *d, const char *name, size_t len)
     PyObject *k, *v;
     Py_ssize_t pos = 0, n;
     while (PyDict_Check(d) && PyDict_Next(d, &pos, &k, &v)) {
-        const char *s = PyUnicode_Check(k) ? PyUnicode_AsUTF8AndSize(k, &n) : NULL;
-        if (!s)
-            PyErr_Clear();
-        else if ((size_t)n == len && memcmp(s, name, len) == 0)
+        const char *s = key_utf8(k, &n);
+        if (s && (size_t)n == len && memcmp(s, name, len) == 0)
             return v;
     }
     return NULL;
@@ -1003,7 +999,7 @@ static char *build_body(const ord_call_args *a, const char *model, PyObject *fal
             PyMem_Free(m);
             return NULL;
         }
-        if (is_interpreted(ks))
+        if (is_interpreted(ks, (size_t)klen))
             continue;
         size_t i = 0;
         while (i < n_fixed && strcmp(m[i].key, ks) != 0)
