@@ -368,12 +368,12 @@ static void install_hooks(void)
     cJSON_InitHooks(&h);
 }
 
-/* *in_arena: the whole tree lives in the arena, so it needs no cJSON_Delete
+/* *arena_only: the whole tree lives in the arena, so it needs no cJSON_Delete
  * (about 5,000 instructions per reply, walking ~70 nodes to free nothing):
  * the next parse reuses the memory. */
-static cJSON *parse_json(const char *buf, size_t len, int *in_arena)
+static cJSON *parse_json(const char *buf, size_t len, int *arena_only)
 {
-    *in_arena = 0;
+    *arena_only = 0;
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, install_hooks);
     unsigned long self = (unsigned long)pthread_self(), none = 0;
@@ -394,7 +394,7 @@ static cJSON *parse_json(const char *buf, size_t len, int *in_arena)
         a->spilled = 0;
     }
     cJSON *root = cJSON_ParseWithLength(buf, len);
-    *in_arena = a->active && !a->spilled;
+    *arena_only = a->active && !a->spilled;
     a->active = 0;
     return root;
 }
@@ -419,8 +419,8 @@ void ord_parse_after_fork_child(void)
 
 ord_reason ord_parse_reply(ord_req *r, long http_status, ord_usage *usage)
 {
-    int in_arena = 0;
-    cJSON *root = r->buf_len ? parse_json(r->buf, r->buf_len, &in_arena) : NULL;
+    int arena_only = 0;
+    cJSON *root = r->buf_len ? parse_json(r->buf, r->buf_len, &arena_only) : NULL;
     ord_reason reason;
     r->status = http_status;
 
@@ -458,7 +458,7 @@ ord_reason ord_parse_reply(ord_req *r, long http_status, ord_usage *usage)
     take_usage(root, usage);
     reason = ORD_OK;
 done:
-    if (!in_arena)
+    if (!arena_only)
         cJSON_Delete(root);
     return reason;
 }
