@@ -22,6 +22,57 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <string.h>
+
+/* ---- JSON strings, 16 bytes at a time ---- */
+
+/* The first byte in [p, end) that a JSON string must escape (a control
+ * character, '"' or '\\'), or end. Prompts are kilobytes of text with an
+ * escape every line or so, so the scan goes 16 bytes at a time (SSE2, part of
+ * every x86-64) or 8 (the "has a zero byte" trick, elsewhere); in both, the
+ * lowest flagged byte is exact. Used to write strings (request.c) and to
+ * read them (response.c). */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+static inline const unsigned char *ord_plain_run(const unsigned char *p, const unsigned char *end)
+{
+    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f);
+    while (end - p >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)p);
+        __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
+                                 _mm_cmpeq_epi8(_mm_max_epu8(x, ctl), ctl)); /* x <= 0x1f */
+        int bits = _mm_movemask_epi8(m);
+        if (bits)
+            return p + __builtin_ctz((unsigned)bits);
+        p += 16;
+    }
+    while (p < end && *p >= 0x20 && *p != '"' && *p != '\\')
+        p++;
+    return p;
+}
+#else
+static inline const unsigned char *ord_plain_run(const unsigned char *p, const unsigned char *end)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    while (end - p >= 8) {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+        uint64_t t = ((x - ones * 0x20) | (q - ones) | (b - ones)) & ~x & highs;
+        if (t) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            return p + (__builtin_ctzll(t) >> 3);
+#else
+            break;
+#endif
+        }
+        p += 8;
+    }
+    while (p < end && *p >= 0x20 && *p != '"' && *p != '\\')
+        p++;
+    return p;
+}
+#endif
 
 /* ---- failure reasons: one table (response.c) maps each to its name, its
  * retry decision and the strict-mode exception class. */

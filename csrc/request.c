@@ -72,53 +72,6 @@ static void jw_put(jw *w, const char *s, size_t n)
 /* s: a string literal (sizeof counts its bytes) */
 #define JW_LIT(w, s) jw_put((w), "" s, sizeof(s) - 1)
 
-/* The first byte in [p, end) that a JSON string must escape (a control
- * character, '"' or '\\'), or end. Prompts are kilobytes of text with an
- * escape every line or so, so the scan goes 16 bytes at a time (SSE2, part of
- * every x86-64) or 8 (the "has a zero byte" trick, elsewhere); in both, the
- * lowest flagged byte is exact. */
-#if defined(__SSE2__)
-#include <emmintrin.h>
-static const unsigned char *plain_run(const unsigned char *p, const unsigned char *end)
-{
-    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f);
-    while (end - p >= 16) {
-        __m128i x = _mm_loadu_si128((const __m128i *)p);
-        __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
-                                 _mm_cmpeq_epi8(_mm_max_epu8(x, ctl), ctl)); /* x <= 0x1f */
-        int bits = _mm_movemask_epi8(m);
-        if (bits)
-            return p + __builtin_ctz((unsigned)bits);
-        p += 16;
-    }
-    while (p < end && *p >= 0x20 && *p != '"' && *p != '\\')
-        p++;
-    return p;
-}
-#else
-static const unsigned char *plain_run(const unsigned char *p, const unsigned char *end)
-{
-    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-    while (end - p >= 8) {
-        uint64_t x;
-        memcpy(&x, p, 8);
-        uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
-        uint64_t t = ((x - ones * 0x20) | (q - ones) | (b - ones)) & ~x & highs;
-        if (t) {
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-            return p + (__builtin_ctzll(t) >> 3);
-#else
-            break;
-#endif
-        }
-        p += 8;
-    }
-    while (p < end && *p >= 0x20 && *p != '"' && *p != '\\')
-        p++;
-    return p;
-}
-#endif
-
 static void jw_string(jw *w, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
@@ -130,7 +83,7 @@ static void jw_string(jw *w, const char *s, size_t n)
     w->p[w->len++] = '"';
     while (p < end) {
         const unsigned char *run = p;
-        p = plain_run(p, end);
+        p = ord_plain_run(p, end);
         size_t k = (size_t)(p - run);
         if (jw_reserve(w, k + 7) < 0)
             return;
