@@ -50,6 +50,16 @@ RESPONSES = {
     "ok_odd_usage": (200, completion("x", usage={"prompt_tokens": 1e15, "completion_tokens": -5,
                                                  "cost": "free"})),
     "ok_201": (201, completion("created")),
+    # read_usual's ground (response.c): what it must read exactly as cJSON does, and where it
+    # must leave the reply to cJSON
+    "ok_escapes_no_nul": (200, completion("\b\f\n\r\t \"/\\ \u00e9\u20ac\U0001f600 \u2028")),
+    "ok_numbers": (200, b'{"choices":[{"message":{"content":"n"}}],"usage":{"prompt_tokens":12e2,'
+                        b'"completion_tokens":-0,"cost":1.5E-7,"total_tokens":0.5}}'),
+    "ok_first_wins": (200, b'{"choices":[{"message":{"content":"first","content":"second"},'
+                           b'"message":{"content":"later"}}],"usage":{"cost":"x","cost":2},'
+                           b'"usage":{"prompt_tokens":9},"choices":[]}'),
+    "ok_raw_controls": (200, b'{"choices":[{"message":{"content":"tab\there \x01 \x7f"}}]}'),
+    "ok_trailing_bytes": (200, completion("then garbage") + b" xyz"),
     "error200_502": (200, error(502, "provider failed", provider_name="FakeProvider")),
     "error200_string_code": (200, b'{"error": {"code": "429", "message": "slow down"}}'),
     "error200_string": (200, b'{"error": "something broke"}'),

@@ -8,6 +8,8 @@
  * NUL after the last byte, and so does this harness).
  *
  * Invariants, any failure aborts:
+ *  - a 2xx reply that the fast reader takes, cJSON reads the same way (see
+ *    read_usual): a success with the same content and the same usage;
  *  - the outcome is one of ok / http_status / provider_error / invalid_response,
  *    and a non-2xx status is always http_status carrying that status;
  *  - success yields content of content_len bytes, no longer than the body;
@@ -50,6 +52,36 @@ static int ends_with_cut_key(const char *msg, const uint8_t *body, size_t size)
         return 1;
     }
     return 0;
+}
+
+/* Every reply the fast reader (read_usual) takes, cJSON reads the same way:
+ * a success with the same content, byte for byte, and the same usage. */
+static void check_readers_agree(const ord_req *in, long status)
+{
+    ord_req f, c;
+    ord_usage fu, cu;
+    memset(&f, 0, sizeof f);
+    memset(&fu, 0, sizeof fu);
+    memset(&cu, 0, sizeof cu);
+    f.buf = in->buf;
+    f.buf_len = in->buf_len;
+    f.secret = in->secret;
+    c = f;
+    if (!read_usual(&f, &fu))
+        return;
+    ord_reason reason = parse_with_cjson(&c, status, &cu);
+    if (reason != ORD_OK || !c.content || c.content_len != f.content_len ||
+        memcmp(c.content, f.content, f.content_len) != 0 || cu.has_usage != fu.has_usage ||
+        cu.prompt_tokens != fu.prompt_tokens || cu.completion_tokens != fu.completion_tokens ||
+        memcmp(&cu.cost, &fu.cost, sizeof cu.cost) != 0) {
+        fprintf(stderr, "response_fuzzer: the fast reader took a reply cJSON reads otherwise "
+                        "(cJSON: %s, %zu bytes; fast: %zu bytes)\n",
+                ord_reason_get(reason)->name, c.content ? c.content_len : 0, f.content_len);
+        abort();
+    }
+    free(f.content);
+    free(c.content);
+    free(c.message);
 }
 
 static int tolerate_key_truncation;
@@ -109,6 +141,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         }
     }
+    if (status >= 200 && status < 300)
+        check_readers_agree(&r, status);
     free(r.buf);
     free(r.content);
     free(r.message);
