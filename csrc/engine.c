@@ -422,13 +422,14 @@ static void setup_easy(engine *e, CURL *h, ord_req *r)
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 30L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPINTVL, 15L);
-    curl_easy_setopt(h, CURLOPT_USERAGENT, "openrouter_direct/0.1");
     curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
     curl_easy_setopt(h, CURLOPT_OPENSOCKETDATA, e);
     curl_easy_setopt(h, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
     curl_easy_setopt(h, CURLOPT_CLOSESOCKETDATA, e);
     /* Set even when empty: then libcurl does not look in the environment. */
     curl_easy_setopt(h, CURLOPT_PROXY, r->proxy ? r->proxy : "");
+    if (r->proxy) /* the CONNECT to a proxy does not carry the header list */
+        curl_easy_setopt(h, CURLOPT_USERAGENT, ORD_USER_AGENT);
     curl_easy_setopt(h, CURLOPT_NOPROXY, r->noproxy ? r->noproxy : "");
     if (r->cainfo)
         curl_easy_setopt(h, CURLOPT_CAINFO, r->cainfo);

@@ -24,6 +24,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#define ORD_USER_AGENT "openrouter_direct/0.1"
+
 /* ---- JSON strings, 16 bytes at a time ---- */
 
 /* The first byte in [p, end) that a JSON string must escape (a control

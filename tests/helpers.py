@@ -90,6 +90,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.server.seen.append(("POST", self.path))
+        self.server.agents.append(self.headers.get_all("User-Agent"))
         url = urllib.parse.urlsplit(self.path)
         if not url.scheme:
             self.send_error(400, "expected an absolute URI")
@@ -112,6 +113,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def do_CONNECT(self):
         self.server.seen.append(("CONNECT", self.path))
+        self.server.agents.append(self.headers.get_all("User-Agent"))
         host, _, port = self.path.rpartition(":")
         try:
             upstream = socket.create_connection((host, int(port)), timeout=10)
@@ -161,9 +163,14 @@ class ForwardProxy(ThreadedServer):
         self._srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ProxyHandler)
         self._srv.daemon_threads = True
         self._srv.seen = []
+        self._srv.agents = []  # the User-Agent headers of each request, in order
         super().__init__()
         self.url = "http://127.0.0.1:%d" % self.port
 
     @property
     def seen(self):
         return self._srv.seen
+
+    @property
+    def agents(self):
+        return self._srv.agents

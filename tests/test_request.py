@@ -269,6 +269,16 @@ def test_default_headers_are_sent(od, server, api_key):
     assert int(h["content-length"]) == len(only_request(server, prompt)["raw"])
 
 
+def test_user_agent_is_sent_once_and_extra_headers_replace_it(od, server):
+    prompt = uniq()
+    arun(od.run_openrouter_async("fake/echo", prompt))
+    # the server joins repeated headers with ", ": one value means one header
+    assert only_request(server, prompt)["headers"]["user-agent"] == "openrouter_direct/0.1"
+    prompt = uniq()
+    arun(od.run_openrouter_async("fake/echo", prompt, extra_headers={"user-agent": "trainer/7"}))
+    assert only_request(server, prompt)["headers"]["user-agent"] == "trainer/7"
+
+
 def test_headers_seen_by_server_are_reported_by_fake_headers_mode(od, server, api_key):
     out = arun(od.run_openrouter_async("fake/headers", uniq()))
     headers = json.loads(out)

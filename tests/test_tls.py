@@ -119,4 +119,5 @@ def test_https_proxy_env_tunnels_tls_through_connect(od, tls, monkeypatch):
                                            num_retries=0))
     assert out == "echo: " + p
     assert proxy.seen == [("CONNECT", "127.0.0.1:%d" % tls["server"].port)]
+    assert proxy.agents == [["openrouter_direct/0.1"]]  # the CONNECT says who is asking too
     assert tls["server"].attempts_for(p) == 1

@@ -23,6 +23,7 @@ def test_http_proxy_env_is_used(od, server, forward_proxy, monkeypatch):
     p = uniq()
     assert arun(od.run_openrouter_async("fake/echo", p, num_retries=0)) == "echo: " + p
     assert forward_proxy.seen == [("POST", server.base_url + "/chat/completions")]
+    assert forward_proxy.agents == [["openrouter_direct/0.1"]]  # once, not from two sources
     assert server.attempts_for(p) == 1
 
 
