@@ -151,6 +151,7 @@ typedef struct ord_req {
     /* engine state */
     int state;
     CURL *easy;
+    struct ord_url *url_ent; /* engine thread: the parsed URL its attempt uses, or NULL */
     struct ord_req *prev, *next;  /* pending list links */
     size_t heap_idx;              /* position in the backoff heap */
     int64_t due_ms;               /* backoff deadline (monotonic ms) */

@@ -120,3 +120,38 @@ def test_unresolvable_host_fails_without_hanging(od):
                                        api_base="http://no-such-host.invalid/api/v1"))
     assert out == ""
     assert time.monotonic() - t0 < 6
+
+
+# ---------------------------------------------------------------------- URLs
+def test_more_urls_in_flight_than_the_engine_keeps_parsed_each_go_where_sent(od, server,
+                                                                             concurrency_cap):
+    """The engine hands libcurl parsed URLs and keeps a few (8), replacing one only when no
+    call uses it; calls to more URLs than that at once, then again, then interleaved with a
+    URL that does not parse, must each reach the path they were sent to."""
+    import asyncio
+
+    concurrency_cap(64)
+    bases = [server.base_url.replace("/api/v1", "/u%d/api/v1" % i) for i in range(20)]
+
+    async def one(base, tag):
+        p = uniq(tag)
+        out = await od.run_openrouter_async("fake/slow-150", p, api_base=base, num_retries=0)
+        return p, base, out
+
+    async def rounds():
+        done = []
+        for r in range(2):
+            done += await asyncio.gather(*(one(b, "r%d" % r) for b in bases))
+        mixed = [b if i % 3 else "http://[::1" for i, b in enumerate(bases)]
+        done += await asyncio.gather(*(one(b, "mixed") for b in mixed))
+        return done
+
+    results = arun(rounds(), timeout=60)
+    assert len(results) == 60
+    for p, base, out in results:
+        if base == "http://[::1":
+            assert out == ""
+            continue
+        assert out == "echo: " + p
+        [req] = server.requests_for(p)
+        assert "http://127.0.0.1:%d%s" % (server.port, req["path"]) == base + "/chat/completions"
