@@ -72,6 +72,26 @@ static void jw_put(jw *w, const char *s, size_t n)
 /* s: a string literal (sizeof counts its bytes) */
 #define JW_LIT(w, s) jw_put((w), "" s, sizeof(s) - 1)
 
+/* v in decimal, as "%lld" writes it, NUL-terminated in out (24 bytes);
+ * returns the length. snprintf's format parsing cost ~700 instructions for
+ * the max_tokens of every call. */
+static int dec_ll(char *out, long long v)
+{
+    char tmp[24];
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    int n = 0, k = 0;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        out[k++] = '-';
+    while (n)
+        out[k++] = tmp[--n];
+    out[k] = '\0';
+    return k;
+}
+
 static void jw_string(jw *w, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
@@ -177,9 +197,8 @@ static int jw_value_inner(jw *w, PyObject *o, const char *what, int depth)
         if (v == -1 && PyErr_Occurred())
             return -1;
         if (!overflow) {
-            char num[32];
-            int k = snprintf(num, sizeof num, "%lld", v);
-            jw_put(w, num, (size_t)k);
+            char num[24];
+            jw_put(w, num, (size_t)dec_ll(num, v));
             return 0;
         }
         PyObject *text = PyLong_Type.tp_repr(o); /* int subclasses too (IntEnum) */
@@ -919,8 +938,8 @@ static int write_models(jw *w, const char *model, PyObject *fallbacks, int openr
 static char *build_body(const ord_call_args *a, const char *model, PyObject *fallbacks, int openrouter,
                         const char *map, size_t *body_len)
 {
-    char max_tokens[32];
-    snprintf(max_tokens, sizeof max_tokens, "%ld", a->default_max_tokens);
+    char max_tokens[24];
+    dec_ll(max_tokens, a->default_max_tokens);
     /* DR-Tulu's judge defaults, in the order LiteLLM sends them. */
     member fixed[] = {
         {"model", M_MODEL, NULL, NULL, 0},

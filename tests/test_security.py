@@ -405,8 +405,11 @@ def test_numbers_beyond_c_integers_in_a_reply_are_survived(od, canned, variant):
 
 
 # --------------------------------------------------------------------- JSON fidelity
-@pytest.mark.parametrize("value", [2 ** 53, 0.1 + 0.2, 1.0000000000000002],
-                         ids=["int_2_pow_53", "float_0_30000000000000004", "float_next_after_1"])
+@pytest.mark.parametrize("value", [2 ** 53, 0.1 + 0.2, 1.0000000000000002, 0, -7, 2 ** 63 - 1,
+                                   -2 ** 63, 2 ** 64, -2 ** 64],
+                         ids=["int_2_pow_53", "float_0_30000000000000004", "float_next_after_1",
+                              "zero", "negative", "int64_max", "int64_min", "beyond_int64",
+                              "below_int64"])
 def test_numbers_are_sent_exactly(od, server, value):
     p = uniq()
     arun(od.run_openrouter_async("fake/echo", p, seed=value))
