@@ -281,7 +281,8 @@ static int take_content(ord_req *r, const cJSON *content)
 }
 
 /* usage's three numbers, each NULL when absent or not a number. */
-static void usage_from(ord_usage *u, const double *prompt, const double *completion, const double *cost)
+static void usage_from(ord_usage *u, const double *prompt, const double *completion,
+                       const double *cost)
 {
     if (prompt)
         u->prompt_tokens = sane_long(*prompt, 1e15);
@@ -654,22 +655,21 @@ static int number_value(const unsigned char *a, const unsigned char *b, double *
     tmp[n] = '\0';
     char *stop;
     *out = strtod(tmp, &stop);
-    return stop == tmp + n; /* a locale whose decimal point strtod does not take back: cJSON decides */
+    /* 0: a locale whose decimal point strtod does not take back; cJSON decides */
+    return stop == tmp + n;
 }
 
 static int sc_value(scan *s, int depth);
 
-/* The next member of an object whose '{' was stepped over: 1 with its key in
- * [*k, *k + *kn) and s->p at its value, 0 after the closing brace, -1 when
- * not sure. *count: members so far (0 to start). plain: the key must have no
- * escape and no raw control byte (a NUL would end it for cJSON's strcmp), to
- * be compared byte for byte. */
-static int sc_member(scan *s, int *count, int plain, const unsigned char **k, size_t *kn)
+/* The next entry of an object or array whose opening was stepped over
+ * (close: '}' or ']'): 1 with s->p at it, 0 after close, -1 when not sure.
+ * *count: entries so far (0 to start). */
+static inline int sc_next(scan *s, int *count, unsigned char close)
 {
     sc_ws(s);
     if (s->p >= s->end)
         return -1;
-    if (*s->p == '}') {
+    if (*s->p == close) {
         s->p++;
         return 0;
     }
@@ -679,6 +679,18 @@ static int sc_member(scan *s, int *count, int plain, const unsigned char **k, si
         s->p++;
         sc_ws(s);
     }
+    return 1;
+}
+
+/* The next member of an object, as sc_next, with its key in [*k, *k + *kn)
+ * and s->p at its value. plain: the key must have no escape and no raw
+ * control byte (a NUL would end it for cJSON's strcmp), to be compared byte
+ * for byte. */
+static int sc_member(scan *s, int *count, int plain, const unsigned char **k, size_t *kn)
+{
+    int m = sc_next(s, count, '}');
+    if (m != 1)
+        return m;
     const unsigned char *b;
     int odd;
     if (s->p >= s->end || *s->p != '"' || !sc_string(s, k, &b, &odd))
@@ -694,32 +706,13 @@ static int sc_member(scan *s, int *count, int plain, const unsigned char **k, si
     return 1;
 }
 
-/* The next element of an array whose '[' was stepped over, as sc_member. */
-static int sc_item(scan *s, int *count)
-{
-    sc_ws(s);
-    if (s->p >= s->end)
-        return -1;
-    if (*s->p == ']') {
-        s->p++;
-        return 0;
-    }
-    if ((*count)++) {
-        if (*s->p != ',')
-            return -1;
-        s->p++;
-        sc_ws(s);
-    }
-    return 1;
-}
-
 /* The rest of the object or array whose '{' or '[' was stepped over. */
 static int sc_rest(scan *s, int is_object, int count, int depth)
 {
     const unsigned char *k;
     size_t kn;
     int m;
-    while ((m = is_object ? sc_member(s, &count, 0, &k, &kn) : sc_item(s, &count)) == 1)
+    while ((m = is_object ? sc_member(s, &count, 0, &k, &kn) : sc_next(s, &count, ']')) == 1)
         if (!sc_value(s, depth))
             return 0;
     return m == 0;
@@ -860,8 +853,8 @@ static int read_usual(ord_req *r, ord_usage *usage)
         } else if (!seen_choices && KEY_IS(k, kn, "choices")) {
             seen_choices = 1;
             int items = 0;
-            ok = s.p < s.end && *s.p++ == '[' && sc_item(&s, &items) == 1 && read_choice(&s, &u, 2) &&
-                 sc_rest(&s, 0, items, 2);
+            ok = s.p < s.end && *s.p++ == '[' && sc_next(&s, &items, ']') == 1 &&
+                 read_choice(&s, &u, 2) && sc_rest(&s, 0, items, 2);
         } else if (!seen_usage && KEY_IS(k, kn, "usage")) {
             seen_usage = 1;
             ok = read_usage(&s, &u, 1);
