@@ -309,17 +309,20 @@ static void take_usage(const cJSON *root, ord_usage *u)
 /* ---- an arena for cJSON's allocations while a reply is parsed ----
  *
  * cJSON allocates every node, key and string of a tree on its own: about 70
- * malloc/free pairs for one chat completion, two thirds of all the engine
- * thread's mallocs (perf probe on malloc) and several µs per call. While a
+ * malloc/free pairs for one chat completion (perf probe on malloc). While a
  * thread parses a reply here, those allocations come from its arena and are
- * all let go at once when the next parse starts.
+ * all let go at once when the next parse starts. Since the usual reply is
+ * read without cJSON (read_usual, below), the arena serves the replies left
+ * to cJSON: errors (a storm of 429s or 5xx parses one per attempt), lists of
+ * parts, odd shapes.
  *
  * cJSON's hooks are process-wide (libcjson is a shared library, and another
  * extension may use it too), so the hooks are plain malloc and free except
  * on the thread the arena is lent to, inside ord_parse_reply, and for
- * pointers from the arena. Another user of libcjson sees no difference; if it installs hooks
- * of its own, ours are simply not called. Under ASan the arena is poisoned
- * between parses, so a pointer into a freed tree is still caught. */
+ * pointers from the arena. Another user of libcjson sees no difference; if
+ * it installs hooks of its own, ours are simply not called. Under ASan the
+ * arena is poisoned between parses, so a pointer into a freed tree is still
+ * caught. */
 #define ARENA_BYTES (64 * 1024)
 
 typedef struct {
