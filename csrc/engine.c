@@ -5,8 +5,10 @@
  * Why one: libcurl caches connections, TLS sessions and DNS per multi handle
  * and multiplexes HTTP/2 only inside one, and the cap on calls on the wire
  * (OPENROUTER_MAX_CONCURRENT_CALLS) is process-wide. A single owner thread
- * also makes that cap a plain counter: a call waits in the pending list until
- * active < limit, and a call backing off before a retry holds no slot.
+ * also makes that cap a plain counter: a call waits in its endpoint's queue
+ * until active < cap and that endpoint's governor (policy.c) lets it go, and
+ * a call backing off before a retry holds no slot. What happens after an
+ * attempt (finish, retry, back to the queue) is policy.c's decision.
  *
  * The thread drives libcurl with curl_multi_socket_action over its own
  * epoll set, so each wake-up costs the sockets that are ready, not all of
@@ -71,8 +73,9 @@ typedef struct {
     int ep;                        /* epoll set of libcurl's sockets + wake_fd */
 
     /* engine thread only */
-    ord_req *pend_head, *pend_tail;
+    ord_gov *govs, *last_gov;      /* one per endpoint; appended under g_stats_mu */
     ord_req *act_head;             /* on the wire; linked through prev/next too */
+    double cost;                   /* usage.cost of every reply, for the cost guard */
     long n_pending, n_active;
     ord_req **heap;                /* backoff timers, min-heap on due_ms */
     size_t heap_len, heap_cap;
@@ -87,6 +90,7 @@ typedef struct {
     int n_spare;
     struct ord_url urls[URL_CACHE];
     uint64_t url_tick;
+    unsigned gov_reset_seen;
 } engine;
 
 static void wake(engine *e)
@@ -101,6 +105,7 @@ static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER; /* g_engine, g_shut */
 static int g_shut;                 /* shutdown happened: refuse for good */
 static atomic_long g_limit;        /* 0 until first read from the environment */
 static atomic_uint_fast64_t g_seq;
+static atomic_uint g_gov_reset;    /* bumped by ord_engine_reset_governors */
 atomic_uint ord_fork_generation;
 
 /* ---- stats: a mutex, held briefly by the engine per completion ---- */
@@ -168,6 +173,15 @@ long ord_engine_get_limit(void)
     return n;
 }
 
+void ord_engine_reset_governors(void)
+{
+    atomic_fetch_add(&g_gov_reset, 1);
+    pthread_mutex_lock(&g_mu);
+    if (g_engine)
+        wake(g_engine);
+    pthread_mutex_unlock(&g_mu);
+}
+
 void ord_engine_set_limit(long n)
 {
     atomic_store(&g_limit, n);
@@ -200,46 +214,78 @@ void ord_engine_snapshot(ord_stats *out)
     out->limit = ord_engine_get_limit();
 }
 
-/* ---- pending list (FIFO, intrusive) ---- */
+/* ---- pending queues, one per endpoint (FIFO, intrusive) ---- */
 static void pend_push_back(engine *e, ord_req *r)
 {
-    r->prev = e->pend_tail;
+    ord_gov *g = r->gov;
+    r->prev = g->pend_tail;
     r->next = NULL;
-    if (e->pend_tail)
-        e->pend_tail->next = r;
+    if (g->pend_tail)
+        g->pend_tail->next = r;
     else
-        e->pend_head = r;
-    e->pend_tail = r;
+        g->pend_head = r;
+    g->pend_tail = r;
     r->state = ORD_ST_PENDING;
+    g->n_pending++;
     e->n_pending++;
 }
 
 /* A retry that has waited its turn goes ahead of new calls. */
 static void pend_push_front(engine *e, ord_req *r)
 {
+    ord_gov *g = r->gov;
     r->prev = NULL;
-    r->next = e->pend_head;
-    if (e->pend_head)
-        e->pend_head->prev = r;
+    r->next = g->pend_head;
+    if (g->pend_head)
+        g->pend_head->prev = r;
     else
-        e->pend_tail = r;
-    e->pend_head = r;
+        g->pend_tail = r;
+    g->pend_head = r;
     r->state = ORD_ST_PENDING;
+    g->n_pending++;
     e->n_pending++;
 }
 
 static void pend_unlink(engine *e, ord_req *r)
 {
+    ord_gov *g = r->gov;
     if (r->prev)
         r->prev->next = r->next;
     else
-        e->pend_head = r->next;
+        g->pend_head = r->next;
     if (r->next)
         r->next->prev = r->prev;
     else
-        e->pend_tail = r->prev;
+        g->pend_tail = r->prev;
     r->prev = r->next = NULL;
+    g->n_pending--;
     e->n_pending--;
+}
+
+/* The governor of r's endpoint, made on first use; NULL when out of memory.
+ * Only a hash of the key is kept. */
+static ord_gov *gov_for(engine *e, const ord_req *r)
+{
+    uint64_t kh = ord_key_hash(r->secret);
+    ord_gov *g = e->last_gov;
+    if (g && g->key_hash == kh && strcmp(g->url, r->url) == 0)
+        return g;
+    int same_url = 0;
+    ord_gov **tail = &e->govs;
+    for (g = e->govs; g; tail = &g->next, g = g->next) {
+        if (strcmp(g->url, r->url) != 0)
+            continue;
+        if (g->key_hash == kh)
+            return e->last_gov = g;
+        same_url++;
+    }
+    g = ord_gov_new(r->url, kh, same_url + 1, ord_engine_get_limit());
+    if (!g)
+        return NULL;
+    pthread_mutex_lock(&g_stats_mu);
+    *tail = g;
+    pthread_mutex_unlock(&g_stats_mu);
+    return e->last_gov = g;
 }
 
 /* ---- backoff heap ---- */
@@ -364,17 +410,18 @@ static size_t on_header(char *data, size_t size, size_t n, void *ud)
         char *end;
         double ms = strtod(v, &end);
         if (end != v && ms >= 0)
-            r->retry_after_ms = ms < 6e7 ? (int64_t)ms : 60000000; /* capped later anyway */
+            r->retry_after_ms = ms < ORD_RETRY_AFTER_CAP_MS ? (int64_t)ms : ORD_RETRY_AFTER_CAP_MS;
     } else if (header_is(line, len, "retry-after", &v) && r->retry_after_ms < 0) {
         char *end;
         double s = strtod(v, &end);
         if (end != v && s >= 0) {
-            r->retry_after_ms = s < 6e4 ? (int64_t)(s * 1000) : 60000000;
+            r->retry_after_ms = s * 1000 < ORD_RETRY_AFTER_CAP_MS ? (int64_t)(s * 1000) : ORD_RETRY_AFTER_CAP_MS;
         } else {
             time_t when = curl_getdate(v, NULL); /* an HTTP date */
             if (when != -1) {
                 time_t now = time(NULL);
-                r->retry_after_ms = when > now ? (int64_t)(when - now) * 1000 : 0;
+                int64_t ms = when > now ? (int64_t)(when - now) * 1000 : 0;
+                r->retry_after_ms = ms < ORD_RETRY_AFTER_CAP_MS ? ms : ORD_RETRY_AFTER_CAP_MS;
             }
         }
     } else if (header_is(line, len, "x-should-retry", &v)) {
@@ -511,6 +558,18 @@ static void set_gauges_locked(const engine *e)
 {
     g_stats.in_flight = e->n_active;
     g_stats.queued = e->n_pending + (long)e->heap_len;
+    long cap = ord_engine_get_limit();
+    for (ord_gov *g = e->govs; g; g = g->next) {
+        long lim = ord_policy_adaptive() ? (long)g->limit : cap;
+        g->pub.limit = lim < cap ? lim : cap;
+        g->pub.in_flight = g->n_active;
+        g->pub.queued = g->n_pending;
+        g->pub.rate_limited = g->rate_limited;
+        g->pub.waited_calls = g->waited_calls;
+        g->pub.succeeded = g->succeeded;
+        g->pub.cooldown_s = (double)g->cooldown_ms / 1000.0;
+        g->pub.cost = g->cost;
+    }
 }
 
 /* Only the parsed result travels on: the body buffer stays with the engine. */
@@ -551,6 +610,9 @@ static void finish(engine *e, ord_req *r, ord_reason reason, const ord_usage *u,
         g_stats.prompt_tokens += (uint64_t)(u->prompt_tokens > 0 ? u->prompt_tokens : 0);
         g_stats.completion_tokens += (uint64_t)(u->completion_tokens > 0 ? u->completion_tokens : 0);
         g_stats.cost += u->cost;
+        e->cost += u->cost;
+        if (r->gov)
+            r->gov->cost += u->cost;
     }
     pthread_mutex_unlock(&g_stats_mu);
     if (reason == ORD_CANCELLED || atomic_load(&r->cancelled))
@@ -571,6 +633,7 @@ static void start(engine *e, ord_req *r)
     r->too_large = 0;
     r->retry_after_ms = -1;
     r->should_retry = -1;
+    r->inflight_budget = 0;
     r->errbuf[0] = '\0';
     r->attempts++;
     r->t_attempt_ms = ord_now_ms();
@@ -589,6 +652,7 @@ static void start(engine *e, ord_req *r)
     }
     r->easy = h;
     r->state = ORD_ST_ACTIVE;
+    r->gov->n_active++;
     r->prev = NULL;
     r->next = e->act_head;
     if (e->act_head)
@@ -611,21 +675,7 @@ static void detach(engine *e, ord_req *r)
         r->next->prev = r->prev;
     r->prev = r->next = NULL;
     e->n_active--;
-}
-
-static int64_t backoff_ms(engine *e, ord_req *r)
-{
-    if (r->retry_after_ms >= 0)
-        return r->retry_after_ms < 60000 ? r->retry_after_ms : 60000;
-    double d = r->base_delay_ms * pow(2.0, r->attempts - 1);
-    if (d > r->max_delay_ms)
-        d = r->max_delay_ms;
-    /* xorshift64*: jitter only, no need for a strong generator */
-    e->rng ^= e->rng >> 12;
-    e->rng ^= e->rng << 25;
-    e->rng ^= e->rng >> 27;
-    double u = (double)((e->rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
-    return (int64_t)(d * (1.0 - 0.25 * u));
+    r->gov->n_active--;
 }
 
 static void on_done(engine *e, ord_req *r, CURLcode rc)
@@ -659,16 +709,21 @@ static void on_done(engine *e, ord_req *r, CURLcode rc)
         r->status = status;
     }
     if (reason == ORD_OK) {
+        ord_gov_succeeded(r->gov, r, now, ord_engine_get_limit());
         finish(e, r, ORD_OK, &usage, status);
         return;
     }
-    int retry = ord_reason_get(reason)->retryable;
-    if (retry < 0)
-        retry = (reason == ORD_PROVIDER_ERROR && r->status == 0) || ord_status_retryable(r->status);
-    if (r->should_retry >= 0 && status > 0)
-        retry = r->should_retry;
-    if (retry && r->attempts <= r->max_retries) {
-        r->due_ms = now + backoff_ms(e, r);
+    int64_t due = now;
+    switch (ord_policy_after(r->gov, r, &reason, status, now, &e->rng, &due)) {
+    case ORD_NEXT_REQUEUE:
+        pend_push_front(e, r);
+        pthread_mutex_lock(&g_stats_mu);
+        count_status(status);
+        g_stats.rate_limited++;
+        pthread_mutex_unlock(&g_stats_mu);
+        return;
+    case ORD_NEXT_RETRY:
+        r->due_ms = due;
         if (heap_push(e, r) == 0) {
             pthread_mutex_lock(&g_stats_mu);
             count_status(status);
@@ -676,6 +731,14 @@ static void on_done(engine *e, ord_req *r, CURLcode rc)
             pthread_mutex_unlock(&g_stats_mu);
             return;
         }
+        break;
+    case ORD_NEXT_FINISH:
+        break;
+    }
+    if (reason == ORD_RATE_LIMITED) {
+        pthread_mutex_lock(&g_stats_mu);
+        g_stats.rate_limited++;
+        pthread_mutex_unlock(&g_stats_mu);
     }
     finish(e, r, reason, &usage, status);
 }
@@ -716,10 +779,11 @@ static void fail_everything(engine *e, ord_req *inbox)
 {
     for (ord_req *r = inbox, *n; r; r = n) {
         n = r->next;
-        pend_push_back(e, r);
+        fail_shutdown(e, r); /* in no structure yet: take_out leaves it be */
     }
-    while (e->pend_head)
-        fail_shutdown(e, e->pend_head);
+    for (ord_gov *g = e->govs; g; g = g->next)
+        while (g->pend_head)
+            fail_shutdown(e, g->pend_head);
     while (e->heap_len)
         fail_shutdown(e, e->heap[0]);
     while (e->act_head)
@@ -878,6 +942,71 @@ static int reap(engine *e)
     return finished;
 }
 
+/* A new call enters its endpoint's queue. */
+static void admit(engine *e, ord_req *r)
+{
+    r->gov = gov_for(e, r);
+    if (!r->gov) {
+        ord_req_fail(r, ORD_CONNECTION, 0, "out of memory for the endpoint's governor");
+        finish(e, r, ORD_CONNECTION, NULL, 0);
+        return;
+    }
+    pend_push_back(e, r);
+}
+
+/* Once OPENROUTER_MAX_COST is spent, nothing more goes on the wire. */
+static int budget_spent(const engine *e)
+{
+    double mc = ord_policy_max_cost();
+    return mc > 0 && e->cost >= mc;
+}
+
+static void fail_budget(engine *e, ord_req *r)
+{
+    char msg[160];
+    snprintf(msg, sizeof msg, "OPENROUTER_MAX_COST is spent (%.6g of %.6g credits): the call was not sent",
+             e->cost, ord_policy_max_cost());
+    ord_req_fail(r, ORD_BUDGET, 0, msg);
+    finish(e, r, ORD_BUDGET, NULL, 0);
+}
+
+/* Starts what the cap and each endpoint's governor allow, one call per
+ * endpoint in turn so that no endpoint starves another. Returns the earliest
+ * time a gate opens for a waiting call (0: none is waiting on time). */
+static int64_t start_ready(engine *e, int64_t now, long cap)
+{
+    int64_t next = 0;
+    int progress = 1;
+    while (progress && e->n_pending && e->n_active < cap) {
+        progress = 0;
+        next = 0;
+        for (ord_gov *g = e->govs; g && e->n_active < cap; g = g->next) {
+            if (!g->pend_head)
+                continue;
+            if (budget_spent(e)) {
+                while (g->pend_head) {
+                    ord_req *r = g->pend_head;
+                    pend_unlink(e, r);
+                    fail_budget(e, r);
+                }
+                continue;
+            }
+            int64_t at = ord_gov_gate(g, now, cap);
+            if (at != 0) {
+                if (at > 0 && (next == 0 || at < next))
+                    next = at;
+                continue;
+            }
+            ord_req *r = g->pend_head;
+            pend_unlink(e, r);
+            start(e, r);
+            ord_gov_started(g, now);
+            progress = 1;
+        }
+    }
+    return next;
+}
+
 static void *engine_main(void *arg)
 {
     engine *e = arg;
@@ -902,9 +1031,16 @@ static void *engine_main(void *arg)
             fail_everything(e, inbox);
             break;
         }
+        /* Read after taking the inbox: a call submitted after a reset finds it done. */
+        unsigned reset = atomic_load(&g_gov_reset);
+        if (reset != e->gov_reset_seen) {
+            e->gov_reset_seen = reset;
+            for (ord_gov *g = e->govs; g; g = g->next)
+                ord_gov_reset(g, ord_engine_get_limit());
+        }
         for (ord_req *r = inbox, *n; r; r = n) {
             n = r->next;
-            pend_push_back(e, r);
+            admit(e, r);
         }
         for (ord_req *c = cancels, *n; c; c = n) {
             n = c->cancel_next;
@@ -926,22 +1062,20 @@ static void *engine_main(void *arg)
             curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, limit + 16);
             e->cache_for = limit;
         }
-        while (e->pend_head && e->n_active < limit) {
-            ord_req *r = e->pend_head;
-            pend_unlink(e, r);
-            start(e, r);
-        }
+        int64_t gate_due = start_ready(e, now, limit);
         if (e->timer_due >= 0 && e->timer_due <= ord_now_ms()) {
             e->timer_due = -1;
             curl_multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         }
         int finished = reap(e);
         publish_gauges(e);
-        if (finished && e->pend_head && e->n_active < limit)
+        if (finished && e->n_pending && e->n_active < limit)
             continue; /* slots just freed: start the waiting calls now */
 
         now = ord_now_ms();
         int64_t wait = 1000;
+        if (gate_due > 0 && gate_due - now < wait)
+            wait = gate_due - now;
         if (e->timer_due >= 0 && e->timer_due - now < wait)
             wait = e->timer_due - now;
         if (e->heap_len && e->heap[0]->due_ms - now < wait)
@@ -990,6 +1124,10 @@ static void engine_free(engine *e)
     for (int i = 0; i < URL_CACHE; i++) {
         curl_url_cleanup(e->urls[i].h);
         free(e->urls[i].text);
+    }
+    for (ord_gov *g = e->govs, *n; g; g = n) {
+        n = g->next;
+        ord_gov_free(g);
     }
     free(e->pool);
     free(e->heap);
@@ -1055,8 +1193,43 @@ fail:
     return NULL;
 }
 
+double ord_engine_cost(void)
+{
+    pthread_mutex_lock(&g_stats_mu);
+    double c = g_stats.cost;
+    pthread_mutex_unlock(&g_stats_mu);
+    return c;
+}
+
+int ord_engine_endpoints(ord_endpoint_stats *out, int max)
+{
+    int n = 0;
+    pthread_mutex_lock(&g_mu);
+    engine *e = g_engine;
+    pthread_mutex_lock(&g_stats_mu);
+    for (ord_gov *g = e ? e->govs : NULL; g && n < max; g = g->next, n++) {
+        ord_endpoint_stats *o = &out[n];
+        snprintf(o->url, sizeof o->url, "%s", g->url);
+        o->key_no = g->key_no;
+        o->limit = g->pub.limit;
+        o->in_flight = g->pub.in_flight;
+        o->queued = g->pub.queued;
+        o->rate_limited = g->pub.rate_limited;
+        o->waited_calls = g->pub.waited_calls;
+        o->succeeded = g->pub.succeeded;
+        o->cooldown_s = g->pub.cooldown_s;
+        o->cost = g->pub.cost;
+    }
+    pthread_mutex_unlock(&g_stats_mu);
+    pthread_mutex_unlock(&g_mu);
+    return n;
+}
+
 int ord_engine_submit(ord_req *r)
 {
+    double mc = ord_policy_max_cost();
+    if (mc > 0 && ord_engine_cost() >= mc)
+        return -3;
     pthread_mutex_lock(&g_mu);
     if (g_shut) {
         pthread_mutex_unlock(&g_mu);
@@ -1080,14 +1253,15 @@ int ord_engine_submit(ord_req *r)
         e->inbox_head = r;
     e->inbox_tail = r;
     pthread_mutex_unlock(&e->mu);
+    /* The engine takes the whole inbox at once: one wake-up per batch. Under
+     * g_mu, so that shutdown cannot free e (and its wake_fd) in between. */
+    if (was_empty)
+        wake(e);
     pthread_mutex_unlock(&g_mu);
 
     pthread_mutex_lock(&g_stats_mu);
     g_stats.calls++;
     pthread_mutex_unlock(&g_stats_mu);
-    /* The engine takes the whole inbox at once: one wake-up per batch. */
-    if (was_empty)
-        wake(e);
     return 0;
 }
 

@@ -205,9 +205,14 @@ static int resolve_now(PyObject *module, PyObject *fut, ord_req *r)
 
 static void fail_refused(ord_req *r, int rc)
 {
-    if (rc == -1)
+    if (rc == -1) {
         ord_req_fail(r, ORD_SHUTDOWN, 0, "the interpreter is exiting; the call was not sent");
-    else
+    } else if (rc == -3) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "OPENROUTER_MAX_COST is spent (%.6g of %.6g credits): the call was not sent",
+                 ord_engine_cost(), ord_policy_max_cost());
+        ord_req_fail(r, ORD_BUDGET, 0, msg);
+    } else
         ord_req_fail(r, ORD_CONNECTION, 0, "could not start the engine thread");
     ord_engine_count_immediate(r);
 }
@@ -389,6 +394,38 @@ static PyObject *ms_or_none(double v)
     return v < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble(v);
 }
 
+/* stats()["endpoints"]: {url (or "url #2" for a second key): {...}} */
+static int add_endpoints(PyObject *d)
+{
+    enum { MAX_SHOWN = 64 };
+    ord_endpoint_stats *eps = PyMem_Malloc(MAX_SHOWN * sizeof *eps);
+    if (!eps) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int n = ord_engine_endpoints(eps, MAX_SHOWN);
+    PyObject *all = PyDict_New();
+    int rc = all ? 0 : -1;
+    for (int i = 0; i < n && rc == 0; i++) {
+        const ord_endpoint_stats *o = &eps[i];
+        PyObject *one = Py_BuildValue(
+            "{slslslsKsKsKsdsd}", "limit", o->limit, "in_flight", o->in_flight, "queued", o->queued,
+            "rate_limited", (unsigned long long)o->rate_limited, "waited_calls",
+            (unsigned long long)o->waited_calls, "succeeded", (unsigned long long)o->succeeded,
+            "cooldown_s", o->cooldown_s, "cost", o->cost);
+        PyObject *name = o->key_no > 1 ? PyUnicode_FromFormat("%s #%d", o->url, o->key_no)
+                                       : PyUnicode_DecodeUTF8(o->url, (Py_ssize_t)strlen(o->url), "replace");
+        rc = (one && name) ? PyDict_SetItem(all, name, one) : -1;
+        Py_XDECREF(one);
+        Py_XDECREF(name);
+    }
+    PyMem_Free(eps);
+    if (rc == 0)
+        rc = PyDict_SetItemString(d, "endpoints", all);
+    Py_XDECREF(all);
+    return rc;
+}
+
 static PyObject *mod_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     (void)module;
@@ -403,7 +440,10 @@ static PyObject *mod_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
         dict_set_u64(d, "queued", (uint64_t)s.queued) < 0 ||
         dict_set_u64(d, "prompt_tokens", s.prompt_tokens) < 0 ||
         dict_set_u64(d, "completion_tokens", s.completion_tokens) < 0 ||
-        dict_set_u64(d, "max_concurrent_calls", (uint64_t)s.limit) < 0)
+        dict_set_u64(d, "max_concurrent_calls", (uint64_t)s.limit) < 0 ||
+        dict_set_u64(d, "rate_limited", s.rate_limited) < 0)
+        goto error;
+    if (add_endpoints(d) < 0)
         goto error;
     PyObject *cost = PyFloat_FromDouble(s.cost);
     if (!cost || PyDict_SetItemString(d, "cost", cost) < 0) {
@@ -463,6 +503,53 @@ static PyObject *mod_set_limit(PyObject *module, PyObject *arg)
     return PyLong_FromLong(prev);
 }
 
+/* set_governor(adaptive, rate_limit_wait_s, max_cost): a negative value
+ * leaves that setting as it is. Returns the settings in force. */
+static PyObject *mod_set_governor(PyObject *module, PyObject *args)
+{
+    (void)module;
+    int adaptive;
+    double wait_s, max_cost;
+    if (!PyArg_ParseTuple(args, "idd", &adaptive, &wait_s, &max_cost))
+        return NULL;
+    if (!(wait_s == wait_s) || !(max_cost == max_cost)) { /* NaN */
+        PyErr_SetString(PyExc_ValueError, "set_governor: NaN");
+        return NULL;
+    }
+    ord_policy_configure(adaptive, wait_s, max_cost);
+    return Py_BuildValue("{sOsdsd}", "adaptive", ord_policy_adaptive() ? Py_True : Py_False,
+                         "rate_limit_wait", ord_policy_rate_limit_wait(), "max_cost", ord_policy_max_cost());
+}
+
+static PyObject *mod_reset_governor(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    (void)module;
+    ord_engine_reset_governors();
+    Py_RETURN_NONE;
+}
+
+/* governor_events() -> [(url, from, to, why)]: limit changes since the last
+ * call, for the DEBUG log. */
+static PyObject *mod_governor_events(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    (void)module;
+    ord_gov_event ev[64];
+    PyObject *list = PyList_New(0);
+    int n;
+    while (list && (n = ord_gov_events_take(ev, 64)) > 0) {
+        for (int i = 0; i < n; i++) {
+            PyObject *t = Py_BuildValue("(sllz)", ev[i].url, ev[i].from, ev[i].to, ev[i].why);
+            if (!t || PyList_Append(list, t) < 0) {
+                Py_XDECREF(t);
+                Py_CLEAR(list);
+                break;
+            }
+            Py_DECREF(t);
+        }
+    }
+    return list;
+}
+
 static PyObject *mod_set_hooks(PyObject *module, PyObject *args)
 {
     ord_state *st = ord_get_state(module);
@@ -496,6 +583,11 @@ static PyMethodDef mod_methods[] = {
     {"stats", mod_stats, METH_NOARGS, "Process-wide counters."},
     {"set_limit", mod_set_limit, METH_O, "set_limit(n or None) -> previous cap on calls on the wire."},
     {"set_hooks", mod_set_hooks, METH_VARARGS, "set_hooks(fail, attempt, debug_enabled, warn)."},
+    {"set_governor", mod_set_governor, METH_VARARGS,
+     "set_governor(adaptive, rate_limit_wait_s, max_cost); negative: unchanged."},
+    {"governor_events", mod_governor_events, METH_NOARGS, "Limit changes since the last call."},
+    {"reset_governor", mod_reset_governor, METH_NOARGS,
+     "Every endpoint back to slow start with no cooldown (tests; a new run)."},
     {"shutdown", mod_shutdown, METH_NOARGS, "Fail in-flight calls and stop the engine."},
     {NULL, NULL, 0, NULL},
 };

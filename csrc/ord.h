@@ -5,8 +5,11 @@
  *   module.c    Python glue: argument checks, submit/call/cancel/stats, module state.
  *   request.c   Python objects -> JSON body and header list (GIL held).
  *   engine.c    the native engine thread: curl multi, the process-wide cap,
- *               retries and backoff, cancellation (never touches Python).
- *   response.c  response body -> content / error, and the failure table (no GIL).
+ *               per-endpoint queues, cancellation (never touches Python).
+ *   policy.c    what to do after an attempt: the failure table, the retry
+ *               decision, backoff, and the governor (adaptive concurrency,
+ *               cooldowns, rate-limit waits, the cost guard). No GIL.
+ *   response.c  response body -> content / error (no GIL).
  *   deliver.c   completion channels: engine -> event loop or sync waiter, in batches.
  *
  * The rule that keeps it correct: a struct ord_req never points at a Python
@@ -25,6 +28,10 @@
 #include <string.h>
 
 #define ORD_USER_AGENT "openrouter_direct/0.1"
+
+/* ---- limits, named once */
+#define ORD_RETRY_AFTER_CAP_MS 60000      /* longest Retry-After honoured */
+#define ORD_RATE_LIMIT_WAIT_S 600.0       /* OPENROUTER_RATE_LIMIT_WAIT default */
 
 /* ---- JSON strings, 16 bytes at a time ---- */
 
@@ -92,6 +99,8 @@ typedef enum {
     ORD_BAD_HEADER,       /* CR/LF in a header value */
     ORD_SHUTDOWN,         /* interpreter exiting */
     ORD_CANCELLED,        /* the awaiting task was cancelled */
+    ORD_RATE_LIMITED,     /* rate-limited past OPENROUTER_RATE_LIMIT_WAIT */
+    ORD_BUDGET,           /* OPENROUTER_MAX_COST spent: refused before sending */
     ORD_REASON_COUNT
 } ord_reason;
 
@@ -116,6 +125,7 @@ typedef struct {
 
 struct ord_chan;
 struct ord_hdrs;
+struct ord_gov;
 
 /* Request states, owned by the engine thread. */
 enum { ORD_ST_NEW, ORD_ST_PENDING, ORD_ST_ACTIVE, ORD_ST_BACKOFF, ORD_ST_DONE };
@@ -162,6 +172,9 @@ typedef struct ord_req {
     int too_large;
     int64_t retry_after_ms;       /* -1: none sent */
     int should_retry;             /* x-should-retry: -1 unset, 0/1 */
+    int inflight_budget;          /* a 402 whose limit_source is the in-flight budget */
+    struct ord_gov *gov;          /* engine thread: its endpoint's governor */
+    int rl_waits;                 /* attempts turned away by a rate limit (not retries) */
     char errbuf[CURL_ERROR_SIZE];
     ord_attempt log[ORD_ATTEMPT_LOG];
 
@@ -214,6 +227,76 @@ void ord_chan_post(ord_chan *c, ord_req *r);   /* takes the caller's reference t
 ord_req *ord_chan_take(ord_chan *c);           /* the whole queue; caller owns the refs */
 void ord_chan_close(ord_chan *c);              /* marks closed, closes fd, drops queued */
 
+/* ---- policy.c: retry, backoff and the governor (engine thread, no GIL)
+ *
+ * One governor per endpoint (request URL + key). The engine owns them and
+ * keeps each endpoint's waiting calls in its queue; it asks the governor
+ * whether the next one may start, and what to do after each attempt. */
+typedef struct ord_gov {
+    struct ord_gov *next;
+    char *url;                    /* the request URL, as shown in stats() */
+    uint64_t key_hash;            /* the key is never kept here, only its hash */
+    int key_no;                   /* 1 for the first key seen with this URL, 2 ... */
+    ord_req *pend_head, *pend_tail; /* waiting for a slot (engine thread) */
+    long n_pending, n_active;
+
+    /* control (engine thread only) */
+    double limit;                 /* calls on the wire allowed now, 1..cap */
+    double w_max;                 /* limit at the last cut; 0 before any */
+    int slow_start;               /* no rate-limit signal yet: +1 per success */
+    int64_t epoch_ms;             /* when the last cut happened */
+    int64_t cut_guard_ms;         /* no second cut before: one round trip */
+    int64_t cool_until_ms;        /* no new attempts before this */
+    int64_t pace_until_ms;        /* after a cooldown: starts spread until then */
+    int64_t next_start_ms;        /* while pacing: the next start's time */
+    double srtt_ms;               /* smoothed attempt time of successes */
+    int rl_streak;                /* rate-limit answers since the last success */
+    uint32_t ok_bins[4];          /* successes per 250 ms, the last second */
+    int64_t ok_bin_t;             /* start of the newest bin */
+    long shown_limit;             /* last limit reported (DEBUG events) */
+    uint64_t rate_limited, waited_calls, succeeded;
+    int64_t cooldown_ms;          /* time new attempts were held, in total */
+    double cost;
+
+    /* copied by the engine under its stats lock, for stats() */
+    struct {
+        long limit, in_flight, queued;
+        uint64_t rate_limited, waited_calls, succeeded;
+        double cooldown_s, cost;
+    } pub;
+} ord_gov;
+
+typedef enum { ORD_NEXT_FINISH, ORD_NEXT_RETRY, ORD_NEXT_REQUEUE } ord_next;
+
+ord_gov *ord_gov_new(const char *url, uint64_t key_hash, int key_no, long cap);
+void ord_gov_free(ord_gov *g);
+void ord_gov_reset(ord_gov *g, long cap);  /* back to slow start, no cooldown */
+void ord_engine_reset_governors(void);     /* any thread: every endpoint, before the next call */
+uint64_t ord_key_hash(const char *key);
+/* 0: the next waiting call may start now; >0: not before that time (ms);
+ * -1: not until an attempt of this endpoint ends. */
+int64_t ord_gov_gate(ord_gov *g, int64_t now, long cap);
+void ord_gov_started(ord_gov *g, int64_t now);
+/* After an attempt ended with reason (not OK unless ok_ms >= 0): FINISH,
+ * RETRY at *due, or REQUEUE (rate-limited: back to the queue, no retry
+ * spent). May turn reason into ORD_RATE_LIMITED (with r->message). */
+ord_next ord_policy_after(ord_gov *g, ord_req *r, ord_reason *reason, long http_status, int64_t now,
+                          uint64_t *rng, int64_t *due);
+void ord_gov_succeeded(ord_gov *g, ord_req *r, int64_t now, long cap);
+/* Settings, from any thread. */
+void ord_policy_configure(int adaptive, double rate_limit_wait_s, double max_cost);
+int ord_policy_adaptive(void);
+double ord_policy_max_cost(void);
+double ord_policy_rate_limit_wait(void);
+/* DEBUG events: limit changes, drained by the Python side. */
+typedef struct {
+    char url[96];
+    long from, to;
+    char why[24];
+} ord_gov_event;
+int ord_gov_events_take(ord_gov_event *out, int max);
+void ord_gov_event_add(const ord_gov *g, long from, long to, const char *why);
+
 /* ---- engine.c */
 typedef struct {
     uint64_t calls, succeeded, failed, cancelled, retries;
@@ -224,9 +307,22 @@ typedef struct {
     long in_flight, queued;
     long limit;
     double p50, p95, p99;         /* ms; negative when no data */
+    uint64_t rate_limited;        /* rate-limit answers, all endpoints */
 } ord_stats;
 
-int ord_engine_submit(ord_req *r);      /* 0, or -1 when shutting down (r untouched) */
+/* Per-endpoint figures for stats(); fills at most max, returns how many. */
+typedef struct {
+    char url[512];
+    int key_no;
+    long limit, in_flight, queued;
+    uint64_t rate_limited, waited_calls, succeeded;
+    double cooldown_s, cost;
+} ord_endpoint_stats;
+int ord_engine_endpoints(ord_endpoint_stats *out, int max);
+double ord_engine_cost(void);          /* usage.cost of every reply so far */
+
+/* 0; -1 when shutting down, -3 when the cost budget is spent (r untouched) */
+int ord_engine_submit(ord_req *r);
 void ord_engine_cancel(ord_req *r);
 void ord_engine_shutdown(void);         /* call without the GIL: joins the thread */
 void ord_engine_set_limit(long n);

@@ -1,12 +1,7 @@
 /*
- * response.c - what a finished attempt means. Runs on the engine thread
- * without the GIL: plain C and cJSON only.
- *
- * The one table below is the whole failure policy: for each reason, the name
- * that is logged and counted, whether it is retried, and which strict-mode
- * exception it raises. HTTP statuses (and the codes of error objects that
- * arrive with a 200) are decided by ord_status_retryable /
- * ord_status_exc_name, the same rule openai-python uses (408, 409, 429, 5xx).
+ * response.c - what a finished attempt says: the reply's content and usage,
+ * or its error. Runs on the engine thread without the GIL: plain C and cJSON
+ * only. What to do about a failure is policy.c's to decide.
  */
 #include "ord.h"
 
@@ -32,45 +27,6 @@
 #define POISON(p, n) ((void)(p), (void)(n))
 #define UNPOISON(p, n) ((void)(p), (void)(n))
 #endif
-
-static const ord_reason_info reason_table[ORD_REASON_COUNT] = {
-    [ORD_OK] = {"ok", 0, NULL},
-    [ORD_HTTP_STATUS] = {"http_status", -1, NULL},
-    [ORD_PROVIDER_ERROR] = {"provider_error", -1, NULL},
-    [ORD_CONNECTION] = {"connection", 1, "APIConnectionError"},
-    [ORD_TIMEOUT] = {"timeout", 1, "APITimeoutError"},
-    [ORD_INVALID_RESPONSE] = {"invalid_response", 1, "OpenRouterError"},
-    /* A larger reply will be as large next time. */
-    [ORD_TOO_LARGE] = {"too_large", 0, "OpenRouterError"},
-    /* A certificate that failed verification will fail again. */
-    [ORD_TLS] = {"tls", 0, "APIConnectionError"},
-    [ORD_CONFIG] = {"config", 0, "AuthenticationError"},
-    [ORD_BAD_URL] = {"bad_url", 0, "OpenRouterError"},
-    [ORD_BAD_HEADER] = {"bad_header", 0, "OpenRouterError"},
-    [ORD_SHUTDOWN] = {"shutdown", 0, "OpenRouterError"},
-    [ORD_CANCELLED] = {"cancelled", 0, NULL},
-};
-
-const ord_reason_info *ord_reason_get(ord_reason r)
-{
-    if ((unsigned)r >= ORD_REASON_COUNT)
-        r = ORD_CONNECTION;
-    return &reason_table[r];
-}
-
-int ord_status_retryable(long code)
-{
-    return code == 408 || code == 409 || code == 429 || code >= 500;
-}
-
-const char *ord_status_exc_name(long code)
-{
-    if (code == 401)
-        return "AuthenticationError";
-    if (code == 429)
-        return "RateLimitError";
-    return "APIStatusError";
-}
 
 ord_reason ord_curl_reason(CURLcode code)
 {
@@ -219,6 +175,9 @@ static int take_error_object(ord_req *r, const cJSON *root)
         const cJSON *pn = cJSON_GetObjectItemCaseSensitive(meta, "provider_name");
         if (cJSON_IsString(pn))
             provider = pn->valuestring;
+        /* OpenRouter's 402 with this source is a wait, not "out of credits". */
+        const cJSON *ls = cJSON_GetObjectItemCaseSensitive(meta, "limit_source");
+        r->inflight_budget = cJSON_IsString(ls) && strcmp(ls->valuestring, "openrouter_in_flight_budget") == 0;
     } else if (cJSON_IsString(err)) {
         msg = err->valuestring;
     }
