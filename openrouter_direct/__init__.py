@@ -8,12 +8,13 @@ libcurl does the HTTP and cJSON the JSON in a native engine thread with the GIL 
 from ._api import (call_openrouter, call_openrouter_async, configure, run_openrouter,
                    run_openrouter_async, stats)
 from .errors import (APIConnectionError, APIStatusError, APITimeoutError, AuthenticationError,
-                     OpenRouterError, RateLimitError)
+                     BudgetExceededError, OpenRouterError, RateLimitError)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "run_openrouter_async", "run_openrouter", "call_openrouter_async", "call_openrouter",
     "stats", "configure", "OpenRouterError", "APIStatusError", "AuthenticationError",
-    "RateLimitError", "APIConnectionError", "APITimeoutError", "__version__",
+    "RateLimitError", "BudgetExceededError", "APIConnectionError", "APITimeoutError",
+    "__version__",
 ]

@@ -35,6 +35,7 @@ def _load() -> Any:
 
         from . import _native as native
 
+        native.set_governor(*_governor_env())
         if log is None:
             log = logging.getLogger("openrouter_direct")
             _apply_loglevel(logging)
@@ -95,20 +96,85 @@ def stats() -> dict[str, Any]:
     return (_native or _load()).stats()
 
 
-def configure(*, max_concurrent_calls: int | None = None) -> dict[str, Any]:
+def configure(*, max_concurrent_calls: int | None = None, max_cost: float | None = None,
+              adaptive: bool | None = None, rate_limit_wait: float | None = None) -> dict[str, Any]:
     """Change process-wide settings at run time; returns the settings now in force.
 
     ``max_concurrent_calls`` caps the calls on the wire across every loop and thread
-    (default: ``OPENROUTER_MAX_CONCURRENT_CALLS``, else 10)."""
+    (default: ``OPENROUTER_MAX_CONCURRENT_CALLS``, else 10); with ``adaptive`` on (the default,
+    ``OPENROUTER_ADAPTIVE``) it is the ceiling the governor adapts under. ``max_cost`` is this
+    process's budget in OpenRouter credits (USD), 0 for none (``OPENROUTER_MAX_COST``);
+    ``rate_limit_wait`` the seconds a call may wait out rate limits (``OPENROUTER_RATE_LIMIT_WAIT``)."""
+    global _budget_logged
     native = _native or _load()
     if max_concurrent_calls is not None:
         native.set_limit(max_concurrent_calls)
-    return {"max_concurrent_calls": native.set_limit(None)}
+    if adaptive is not None and not isinstance(adaptive, bool):
+        raise TypeError("adaptive must be a bool")
+    wait = -1.0 if rate_limit_wait is None else _seconds("rate_limit_wait", rate_limit_wait)
+    cost = -1.0 if max_cost is None else _credits("max_cost", max_cost)
+    if max_cost is not None:
+        _budget_logged = False
+    gov = native.set_governor(-1 if adaptive is None else int(adaptive), wait, cost)
+    return {"max_concurrent_calls": native.set_limit(None), **gov}
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    v = float(value)
+    if v != v or v in (float("inf"), float("-inf")) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+    return v
+
+
+_seconds = _credits = _number
+
+
+def _governor_env() -> tuple[int, float, float]:
+    """OPENROUTER_ADAPTIVE, OPENROUTER_RATE_LIMIT_WAIT, OPENROUTER_MAX_COST, checked; a bad value
+    raises ValueError naming the variable (at the first call, where the extension loads)."""
+    env = os.environ
+    raw = env.get("OPENROUTER_ADAPTIVE", "").strip().lower()
+    if raw in ("", "1", "true", "yes", "on"):
+        adaptive = 1
+    elif raw in ("0", "false", "no", "off"):
+        adaptive = 0
+    else:
+        raise ValueError(f"OPENROUTER_ADAPTIVE must be 1/true/on or 0/false/off, not {raw!r}")
+
+    def number(var: str, default: float) -> float:
+        text = env.get(var, "").strip()
+        if not text:
+            return default
+        try:
+            v = float(text)
+        except ValueError:
+            raise ValueError(f"{var} must be a number, not {text!r}") from None
+        if v != v or v in (float("inf"), float("-inf")) or v < 0:
+            raise ValueError(f"{var} must be a finite number >= 0, not {text!r}")
+        return v
+
+    return (adaptive, number("OPENROUTER_RATE_LIMIT_WAIT", 600.0),
+            number("OPENROUTER_MAX_COST", 0.0))
+
+
+_budget_logged = False
 
 
 def _on_failure(reason: str, status: int | None, message: str, model: str, request_id: int,
                 attempts: int, strict: bool, exc_name: str):
     """Called by the engine (loop or caller thread, GIL held) for each failed call."""
+    global _budget_logged
+    if reason == "budget" and not strict:
+        # One ERROR line when the budget runs out, not one per refused call.
+        if _budget_logged:
+            log.debug("call %d (%s) refused [budget]: %s", request_id, model, message)
+        else:
+            _budget_logged = True
+            log.error("%s; every new call returns \"\" until configure(max_cost=...) raises the "
+                      "budget (call %d, %s)", message, request_id, model)
+        return ""
     if strict:
         cls = getattr(errors, exc_name, errors.OpenRouterError)
         text = f"HTTP {status}: {message}" if status else message
@@ -120,6 +186,8 @@ def _on_failure(reason: str, status: int | None, message: str, model: str, reque
 
 
 def _on_attempts(request_id: int, model: str, attempts: list[tuple[int, str, int]]) -> None:
+    for url, old, new, why in _native.governor_events():
+        log.debug("governor %s: limit %d -> %d (%s)", url, old, new, why)
     for n, (status, curl_error, ms) in enumerate(attempts, 1):
         log.debug("call %d model=%s attempt=%d status=%s ms=%d", request_id, model, n,
                   status if status else (curl_error or "-"), ms)

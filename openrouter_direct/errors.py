@@ -5,7 +5,8 @@ The tree follows openai-python's, so code written against it reads the same::
     OpenRouterError
     ├── APIStatusError          .status_code: the HTTP status (or the error object's code)
     │   ├── AuthenticationError 401, or no API key configured (status_code None)
-    │   └── RateLimitError      429
+    │   └── RateLimitError      429, or rate-limited past OPENROUTER_RATE_LIMIT_WAIT
+    ├── BudgetExceededError     OPENROUTER_MAX_COST spent: the call was not sent
     └── APIConnectionError      refused, reset, TLS, truncated transfer
         └── APITimeoutError     an attempt ran past ``timeout``
 
@@ -40,6 +41,10 @@ class RateLimitError(APIStatusError):
     pass
 
 
+class BudgetExceededError(OpenRouterError):
+    pass
+
+
 class APIConnectionError(OpenRouterError):
     pass
 
@@ -49,4 +54,4 @@ class APITimeoutError(APIConnectionError):
 
 
 __all__ = ["OpenRouterError", "APIStatusError", "AuthenticationError", "RateLimitError",
-           "APIConnectionError", "APITimeoutError"]
+           "BudgetExceededError", "APIConnectionError", "APITimeoutError"]
