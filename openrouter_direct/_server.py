@@ -35,6 +35,20 @@ name of any ``fake/`` mode without the prefix: ``"reset"``, ``"truncated"``,
 any extra response ``headers``.  Each attempt is a request: ``status=503``
 with ``times=1`` is a call that fails once and succeeds on its retry.
 
+A rate limit shared by every client of the server, as OpenRouter or a provider applies one::
+
+    server.rate_limit(rate=100, burst=25, retry_after=1.0)  # token bucket: 100/s, burst 25
+    server.rate_limit(rate=100, shape="402")   # 402 in-flight-budget error, with Retry-After
+    server.rate_limit(rate=50, shape="429-bare", max_in_flight=8)
+    server.rate_limit(None)                    # off (so is reset())
+    server.rate_log                            # [(monotonic t, status)] per chat attempt
+
+Beyond the bucket (or beyond ``max_in_flight`` chat requests being answered) a chat request
+is turned away at once: ``shape`` ``"429"`` (the default) with ``Retry-After: <retry_after>``,
+``"429-bare"`` without it, ``"503"`` with it, or ``"402"``, OpenRouter's in-flight budget
+(``error.metadata.limit_source = "openrouter_in_flight_budget"``) with it. Admitted requests go
+on to the rules and modes below.
+
 Knobs for demos and realism, all settable on a running server: ``latency_ms``
 (added to every success; with ``latency_jitter`` > 0 it is the median of a
 log-normal spread of that sigma), ``fault_rate`` (that share of the requests
@@ -267,8 +281,58 @@ class FakeOpenRouter:
         self._ready = threading.Event()
         self._start_error: Optional[BaseException] = None
         self._stopping = False
+        self._rl: Optional[Dict[str, Any]] = None   # rate_limit() settings and bucket
+        self.rate_log: List[Tuple[float, int]] = []
 
     # ------------------------------------------------------------------ API
+    def rate_limit(self, rate: Optional[float] = 100.0, *, burst: float = 25.0,
+                   retry_after: Optional[float] = 1.0, shape: str = "429",
+                   max_in_flight: Optional[int] = None) -> None:
+        """Turn a shared rate limit on (or change it, keeping the bucket's level), or off with
+        ``rate=None``. See the module docstring."""
+        if shape not in ("429", "429-bare", "503", "402"):
+            raise ValueError("shape must be 429, 429-bare, 503 or 402, not %r" % (shape,))
+        with self._lock:
+            if rate is None:
+                self._rl = None
+                return
+            old = self._rl
+            now = time.monotonic()
+            tokens = float(burst) if old is None else min(float(burst), self._refill(old, now))
+            self._rl = {"rate": float(rate), "burst": float(burst), "retry_after": retry_after,
+                        "shape": shape, "max_in_flight": max_in_flight, "tokens": tokens,
+                        "t": now, "admitted": 0 if old is None else old["admitted"]}
+
+    @staticmethod
+    def _refill(rl: Dict[str, Any], now: float) -> float:
+        return min(rl["burst"], rl["tokens"] + (now - rl["t"]) * rl["rate"])
+
+    def _rate_limited(self) -> Optional[Tuple[int, bytes, Tuple[Tuple[str, str], ...]]]:
+        """Under the lock: take a token for one chat request, or the answer that turns it away."""
+        rl = self._rl
+        if rl is None:
+            return None
+        now = time.monotonic()
+        rl["tokens"] = self._refill(rl, now)
+        rl["t"] = now
+        full = rl["max_in_flight"] is not None and rl["admitted"] >= rl["max_in_flight"]
+        if rl["tokens"] >= 1.0 and not full:
+            rl["tokens"] -= 1.0
+            rl["admitted"] += 1
+            self.rate_log.append((now, 200))
+            return None
+        shape = rl["shape"]
+        code = int(shape[:3])
+        self.rate_log.append((now, code))
+        extra: Tuple[Tuple[str, str], ...] = ()
+        if shape != "429-bare" and rl["retry_after"] is not None:
+            extra = (("Retry-After", "%g" % rl["retry_after"]),)
+        if code == 402:
+            body = _error_body(402, "Too many requests in flight for this key's budget",
+                               {"limit_source": "openrouter_in_flight_budget"})
+        else:
+            body = _error_body(code, "Rate limit exceeded: %g requests/s (fake)" % rl["rate"])
+        return code, body, extra
     @property
     def base_url(self) -> str:
         scheme = "https" if self.ssl_context is not None else "http"
@@ -324,6 +388,8 @@ class FakeOpenRouter:
             self.faults_injected = 0
             self.usage_sent = {"prompt_tokens": 0, "completion_tokens": 0,
                                "cost": 0.0, "replies": 0}
+            self._rl = None
+            self.rate_log = []
 
     def script(self, reply: Union[str, dict, list, None] = None, *,
                match: Union[str, Callable[[dict], bool], None] = None,
@@ -598,6 +664,19 @@ class FakeOpenRouter:
         if not isinstance(model, str) or not model:
             return await self._send(req, writer, 400,
                                     _error_body(400, "model is required"))
+        with self._lock:
+            limited = self._rate_limited()
+            rl = self._rl if limited is None else None
+        if limited is not None:
+            return await self._send(req, writer, limited[0], limited[1], limited[2])
+        try:
+            return await self._chat_admitted(req, reader, writer, body, model)
+        finally:
+            if rl is not None:
+                with self._lock:
+                    rl["admitted"] -= 1
+
+    async def _chat_admitted(self, req: _Request, reader, writer, body: dict, model: str) -> bool:
         rule = self._take_rule(req)
         if rule is not None:
             return await self._scripted(rule, req, reader, writer)
