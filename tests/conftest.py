@@ -17,7 +17,8 @@ import pytest
 # before the first import of the session.
 os.environ["OPENROUTER_RETRY_BASE_DELAY"] = "0.01"
 os.environ["OPENROUTER_RETRY_MAX_DELAY"] = "0.05"
-for _name in ("OPENROUTER_MAX_CONCURRENT_CALLS", "LOGLEVEL", "OPENROUTER_RAISE_ON_ERROR"):
+for _name in ("OPENROUTER_MAX_CONCURRENT_CALLS", "LOGLEVEL", "OPENROUTER_RAISE_ON_ERROR",
+              "OPENROUTER_ADAPTIVE", "OPENROUTER_RATE_LIMIT_WAIT", "OPENROUTER_MAX_COST"):
     os.environ.pop(_name, None)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,6 +33,15 @@ CLEARED_VARS = (
 )
 
 HANG_LIMIT_S = 100  # no single test may take longer than this
+
+
+def reset_governor():
+    """The governor is process-wide: each test starts from its defaults, in slow start, with no
+    cooldown left over from the test before."""
+    from openrouter_direct import _api
+    if _api._native is not None:
+        _api._native.set_governor(1, 600.0, 0.0)
+        _api._native.reset_governor()
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +61,7 @@ def od_env(server, monkeypatch):
     for name in CLEARED_VARS:
         monkeypatch.delenv(name, raising=False)
     server.reset()
+    reset_governor()
     faulthandler.dump_traceback_later(HANG_LIMIT_S, exit=True)
     try:
         yield key
@@ -75,3 +86,11 @@ def concurrency_cap(od):
     previous = od.configure()["max_concurrent_calls"]
     yield lambda n: od.configure(max_concurrent_calls=n)
     od.configure(max_concurrent_calls=previous)
+
+
+@pytest.fixture
+def adaptive_off(od):
+    """OPENROUTER_ADAPTIVE=0 for one test: today's fixed cap, a 429 spends a retry."""
+    od.configure(adaptive=False)
+    yield
+    od.configure(adaptive=True)

@@ -124,7 +124,7 @@ def test_cancelling_a_queued_call_never_sends_it(od, server, concurrency_cap):
     assert wait_until(lambda: od.stats()["in_flight"] == 0 and od.stats()["queued"] == 0, 1.0)
 
 
-def test_cancel_during_retry_backoff_stops_further_attempts(od, server):
+def test_cancel_during_retry_backoff_stops_further_attempts(od, server, adaptive_off):
     prompt = uniq()
 
     async def main():

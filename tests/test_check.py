@@ -212,7 +212,7 @@ def test_empty_reply_fails_the_basic_call(capsys, server):
     assert code == 1 and "empty" in by_name(report)["basic call"]["detail"]
 
 
-def test_some_concurrent_calls_failing_is_reported_with_the_reason(capsys, server):
+def test_some_concurrent_calls_failing_is_reported_with_the_reason(capsys, server, adaptive_off):
     server.script(status=429, match="Reply with the number 3 ", times=None)
     code, report, _ = check_json(capsys)
     conc = by_name(report)["20 concurrent"]

@@ -121,7 +121,7 @@ def test_strict_mode_401_is_authentication_error_tried_once(od):
 
 
 @pytest.mark.parametrize("model", ["fake/status-429", "fake/retry-after-0"])
-def test_strict_mode_429_is_rate_limit_error(od, model):
+def test_strict_mode_429_is_rate_limit_error(od, model, adaptive_off):
     exc = strict(od, model, num_retries=1)
     assert type(exc) is od.RateLimitError
     assert exc.status_code == 429 and exc.attempts == 2
@@ -176,7 +176,7 @@ def test_strict_mode_from_env(od, monkeypatch):
         bounded(od.run_openrouter, "fake/status-500", uniq(), num_retries=0)
 
 
-def test_strict_mode_sync_raises(od):
+def test_strict_mode_sync_raises(od, adaptive_off):
     with pytest.raises(od.RateLimitError) as info:
         bounded(od.run_openrouter, "fake/status-429", uniq(), num_retries=0,
                 raise_on_error=True)

@@ -28,7 +28,7 @@ def settled(od):
 
 
 def test_cancelling_calls_queued_on_the_wire_and_backing_off_at_once(od, server,
-                                                                     concurrency_cap):
+                                                                     concurrency_cap, adaptive_off):
     """Eight calls on the wire fill the cap, eight wait for a slot, eight sleep before a
     retry (Retry-After: 5 s); all 24 are cancelled in one go."""
     concurrency_cap(8)
@@ -80,7 +80,7 @@ def test_closing_loops_with_calls_queued_on_the_wire_and_backing_off(server):
     loop, the engine settles, no descriptor or thread is left behind, new loops work."""
     code = r'''
 import asyncio, gc, os, threading, time, openrouter_direct as od
-od.configure(max_concurrent_calls=4)
+od.configure(max_concurrent_calls=4, adaptive=False)  # per-call backoff, as "backing off" means
 def fds(): return len(os.listdir("/proc/self/fd"))
 def tasks(): return len(os.listdir("/proc/self/task"))
 assert asyncio.run(od.run_openrouter_async("fake/echo", "warm")) == "echo: warm"
@@ -243,7 +243,7 @@ def test_uvloop_retries_and_failures(od, server):
 
 
 @needs_uvloop
-def test_uvloop_cancellation_on_the_wire_queued_and_in_backoff(od, server, concurrency_cap):
+def test_uvloop_cancellation_on_the_wire_queued_and_in_backoff(od, server, concurrency_cap, adaptive_off):
     concurrency_cap(1)
     wire, queued, backoff = uniq(), uniq(), uniq()
 

@@ -21,7 +21,7 @@ def test_multiprocessing_fork_pool_while_parent_has_calls_in_flight(server):
     at once (sync and async) with an engine of their own; the parent's calls all finish."""
     code = r'''
 import asyncio, multiprocessing as mp, os, threading, time, openrouter_direct as od
-od.configure(max_concurrent_calls=4)
+od.configure(max_concurrent_calls=4, adaptive=False)  # per-call backoff: "backing off"
 parent = {}
 def async_calls():
     async def main():
@@ -108,7 +108,7 @@ if __name__ == "__main__":
 
 EXIT_ALL_STATES = r'''
 import asyncio, threading, time, openrouter_direct as od
-od.configure(max_concurrent_calls=2)
+od.configure(max_concurrent_calls=2, adaptive=False)  # per-call backoff: "backing off"
 def async_runner():
     async def main():
         await asyncio.gather(
@@ -150,6 +150,9 @@ def test_interpreter_exits_promptly_with_calls_queued_on_the_wire_and_backing_of
 def spawn(code):
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    # These pin a call "in backoff" with a long Retry-After: per-call backoff, as the fixed cap
+    # has it; with the governor the whole endpoint would cool down (tests/test_governor.py).
+    env["OPENROUTER_ADAPTIVE"] = "0"
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
 
