@@ -10,9 +10,10 @@
  *
  * - Adaptive concurrency. The calls on the wire per endpoint move between 1
  *   and the configured cap. A rate-limit signal (429; 503 with Retry-After;
- *   the 402 of OpenRouter's in-flight budget) cuts the limit to BETA times the
- *   calls that were admitted (those still in flight), at most once per round
- *   trip. Successes grow it back the way CUBIC (RFC 8312) grows a congestion
+ *   the 402 of OpenRouter's in-flight budget) cuts the limit to BETA times
+ *   what the endpoint sustained (the calls it admitted that are still in
+ *   flight, or its rate of successes times a round trip if lower), at most
+ *   once per round trip. Successes grow it back the way CUBIC (RFC 8312) grows a congestion
  *   window: concave up to the level of the last cut, flat near it, then
  *   convex, so the endpoint is probed rarely where it last said no, and a
  *   raised limit is found within a few seconds. Independent processes that
@@ -109,9 +110,10 @@ double ord_policy_rate_limit_wait(void) { return atomic_load(&g_rl_wait_s); }
  * from a constant in segments per s^3, which makes growth depend on the
  * window's size; here the cubic is scaled to the level itself, so 1 process
  * at 40 calls and 8 processes at 5 each probe at the same pace, and shares
- * stay fair. With K = 2 s, the limit is within 4% of the last level from
- * 1 s to 3 s after a cut's cooldown, and doubles 5.4 s after it: a limit
- * that was raised is found within seconds (bench/ratelimit.py). */
+ * stay fair. With K = 2 s and BETA = 0.9, the limit is within 4% of the
+ * last level from 0.5 s to 3.5 s after a cut's cooldown, and has doubled
+ * 6.3 s after it: a limit that was raised is found within seconds
+ * (bench/ratelimit.py, docs/GOVERNOR.md). */
 #define GOV_BETA 0.9
 #define GOV_K_S 2.0
 #define GOV_INITIAL 8       /* slow start begins here (or at the cap) */
