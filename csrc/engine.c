@@ -1080,14 +1080,16 @@ int ord_engine_submit(ord_req *r)
         e->inbox_head = r;
     e->inbox_tail = r;
     pthread_mutex_unlock(&e->mu);
+    /* The engine takes the whole inbox at once: one wake-up per batch. Under
+     * g_mu, as in cancel and set_limit: once g_mu is let go, a shutdown may
+     * free e and its wake_fd number may already name another file. */
+    if (was_empty)
+        wake(e);
     pthread_mutex_unlock(&g_mu);
 
     pthread_mutex_lock(&g_stats_mu);
     g_stats.calls++;
     pthread_mutex_unlock(&g_stats_mu);
-    /* The engine takes the whole inbox at once: one wake-up per batch. */
-    if (was_empty)
-        wake(e);
     return 0;
 }
 
