@@ -508,6 +508,17 @@ static int intern(PyObject **slot, const char *s)
 
 static int mod_exec(PyObject *module)
 {
+    /* The engine, its cap and its exit hook are process-wide, while each
+     * interpreter would get a module of its own and register its own
+     * shutdown: a subinterpreter ending would stop the engine under the main
+     * interpreter's calls. Refused, at import, whatever the kind of
+     * subinterpreter (the slot below covers only isolated ones on 3.12+). */
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_ImportError,
+                        "openrouter_direct._native does not support subinterpreters: "
+                        "import it in the main interpreter only");
+        return -1;
+    }
     curl_version_info_data *vi = curl_version_info(CURLVERSION_NOW);
     if (vi->version_num < LIBCURL_VERSION_NUM) {
         PyErr_Format(PyExc_ImportError,
@@ -590,6 +601,9 @@ static void mod_free(void *module)
 
 static PyModuleDef_Slot mod_slots[] = {
     {Py_mod_exec, mod_exec},
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
     {0, NULL},
 };
 
