@@ -133,7 +133,9 @@ print("states", s["in_flight"], s["queued"], flush=True)
 '''
 
 
-@pytest.mark.parametrize("daemon", [True, False], ids=["daemon", "non_daemon"])
+# Daemon threads only: Python waits for non-daemon threads, and so do their calls
+# (test_c_review.py::test_non_daemon_threads_finish_their_calls_at_interpreter_exit).
+@pytest.mark.parametrize("daemon", [True], ids=["daemon"])
 def test_interpreter_exits_promptly_with_calls_queued_on_the_wire_and_backing_off(server,
                                                                                   daemon):
     t0 = time.monotonic()
