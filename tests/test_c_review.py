@@ -3,9 +3,12 @@
 Every scenario that changes process-wide state (a subinterpreter, cJSON's hooks, fork, exit)
 runs in a fresh interpreter against the session's fake server."""
 
+import logging
+import os
+
 import pytest
 
-from helpers import run_py
+from helpers import arun, bounded, run_py, uniq
 
 
 # ------------------------------------------------------------------ subinterpreters
@@ -68,3 +71,56 @@ def test_non_daemon_threads_finish_their_calls_at_interpreter_exit(server):
     assert "async: ['echo: nd-async-0', 'echo: nd-async-1', 'echo: nd-async-2']" in out, out
     assert "late: echo: nd-late" in out, (proc.stdout, proc.stderr)
     assert "[shutdown]" not in proc.stderr
+
+
+# ------------------------------------------------------------------ environment bytes
+@pytest.fixture
+def env_bytes():
+    """Set environment variables to raw bytes (as a shell can), restored after the test."""
+    saved = {}
+
+    def put(name, value):
+        saved.setdefault(name, os.environb.get(name))
+        os.environb[name] = value
+    yield put
+    for name, value in saved.items():
+        if value is None:
+            os.environb.pop(name, None)
+        else:
+            os.environb[name] = value
+
+
+def failure_lines(caplog):
+    return [r.getMessage() for r in caplog.records
+            if r.name == "openrouter_direct" and r.levelno == logging.ERROR]
+
+
+@pytest.mark.parametrize("call", ["sync", "async"])
+def test_a_model_map_target_that_is_not_utf8_fails_as_empty_string_and_a_log_line(
+        od, server, env_bytes, monkeypatch, caplog, call):
+    # Before: the failure's log line decoded the mapped model strictly: UnicodeDecodeError.
+    monkeypatch.setenv("OPENAI_API_BASE", "http://openrouter.ai/api/v1")
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:%d" % server.port)
+    env_bytes(b"OPENROUTER_MODEL_MAP", b"judge-13=fake/status-400-\xff")
+    prompt = uniq()
+    with caplog.at_level(logging.ERROR, logger="openrouter_direct"):
+        if call == "sync":
+            got = bounded(od.run_openrouter, "judge-13", prompt)
+        else:
+            got = arun(od.run_openrouter_async("judge-13", prompt))
+    assert got == ""
+    lines = failure_lines(caplog)
+    assert len(lines) == 1 and "fake/status-400-\ufffd" in lines[0], lines
+
+
+def test_a_base_url_that_is_not_utf8_fails_as_empty_string_and_a_log_line(od, env_bytes,
+                                                                           caplog):
+    # Before: the plain-http warning decoded the URL strictly: UnicodeDecodeError.
+    env_bytes(b"OPENAI_API_BASE", b"http://\xffnot-utf8.invalid/api/v1")
+    prompt = uniq()
+    with caplog.at_level(logging.WARNING, logger="openrouter_direct"):
+        got = bounded(od.run_openrouter, "fake/echo", prompt, num_retries=0)
+    assert got == ""
+    assert len(failure_lines(caplog)) == 1, caplog.text
+    assert any("not-utf8.invalid" in r.getMessage() for r in caplog.records
+               if r.levelno == logging.WARNING), caplog.text
