@@ -21,8 +21,8 @@
  *
  * fork: the child gets no engine thread, and the parent's may have held any
  * lock at the moment of fork. The child abandons the old engine (it must not
- * clean up handles whose sockets the parent still uses) and builds a fresh
- * one on its first call.
+ * clean up handles whose sockets the parent still uses), closes its copies of
+ * the engine's descriptors, and builds a fresh one on its first call.
  */
 #include "ord.h"
 
@@ -83,6 +83,8 @@ typedef struct {
     long cache_for;                /* the cap CURLMOPT_MAXCONNECTS was sized for */
     unsigned char *watched;        /* watched[fd]: FD_* state of each fd libcurl gave us */
     size_t watched_cap;
+    atomic_int watched_moving;     /* set while watched is reallocated: a child forked then
+                                    * cannot trust it (ord_engine_after_fork_child) */
     struct spare { char *buf; size_t cap; } spare[SPARE_BUFS]; /* response buffers to reuse */
     int n_spare;
     struct ord_url urls[URL_CACHE];
@@ -758,12 +760,16 @@ static unsigned char *fd_slot(engine *e, curl_socket_t fd)
         size_t cap = e->watched_cap ? e->watched_cap : 1024;
         while (cap <= (size_t)fd)
             cap *= 2;
+        atomic_store(&e->watched_moving, 1);
         unsigned char *w = realloc(e->watched, cap);
-        if (!w)
+        if (!w) {
+            atomic_store(&e->watched_moving, 0);
             return NULL;
+        }
         memset(w + e->watched_cap, 0, cap - e->watched_cap);
         e->watched = w;
         e->watched_cap = cap;
+        atomic_store(&e->watched_moving, 0);
     }
     return &e->watched[fd];
 }
@@ -1127,9 +1133,30 @@ void ord_engine_shutdown(void)
     engine_free(e);
 }
 
+/* The child's copies of the abandoned engine's descriptors: without this a
+ * DataLoader worker keeps the parent's connections half-open until it exits
+ * (close-on-exec only helps exec), and the epoll set and eventfd with them.
+ * Closing a copy leaves the parent's socket alone. Only the sockets libcurl
+ * opened through on_open_socket are known to be ours; if the fork caught
+ * the engine thread growing watched[], the table may be freed memory, and
+ * those sockets stay open rather than risk closing one of the child's own.
+ * libcurl's internal descriptors (its resolver's, its wake-up pair) are not
+ * known here and stay. */
+static void close_inherited(engine *e)
+{
+    if (!atomic_load(&e->watched_moving))
+        for (size_t fd = 0; fd < e->watched_cap; fd++)
+            if (e->watched[fd] & FD_OURS)
+                close((int)fd);
+    close(e->ep);
+    close(e->wake_fd);
+}
+
 /* pthread_atfork child handler: runs in the only thread of the child. */
 void ord_engine_after_fork_child(void)
 {
+    if (g_engine)
+        close_inherited(g_engine);
     g_engine = NULL; /* abandoned, see the top of this file */
     g_shut = 0;
     pthread_mutex_init(&g_mu, NULL);

@@ -124,3 +124,60 @@ def test_a_base_url_that_is_not_utf8_fails_as_empty_string_and_a_log_line(od, en
     assert len(failure_lines(caplog)) == 1, caplog.text
     assert any("not-utf8.invalid" in r.getMessage() for r in caplog.records
                if r.levelno == logging.WARNING), caplog.text
+
+
+# ------------------------------------------------------------------ fork
+FORK_FDS = r'''
+import os, socket, openrouter_direct as od
+PORT = int(os.environ["OPENAI_API_BASE"].rsplit(":", 1)[1].split("/")[0])
+def engine_fds():
+    """The descriptors that are the engine's: its epoll set and eventfd, and TCP sockets
+    to the server."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            what = os.readlink("/proc/self/fd/%d" % fd)
+        except OSError:
+            continue
+        if what in ("anon_inode:[eventpoll]", "anon_inode:[eventfd]"):
+            found.append(what)
+        elif what.startswith("socket:"):
+            try:
+                s = socket.socket(fileno=os.dup(fd))
+            except OSError:
+                continue
+            try:
+                if s.family == socket.AF_INET and s.getpeername()[1] == PORT:
+                    found.append("connection to the server")
+            except OSError:
+                pass
+            finally:
+                s.close()
+    return found
+for i in range(3):
+    assert od.run_openrouter("fake/echo", "fork-fds-%d" % i) == "echo: fork-fds-%d" % i
+print("parent", sorted(engine_fds()), flush=True)
+pid = os.fork()
+if pid == 0:
+    print("child", sorted(engine_fds()), flush=True)
+    ok = od.run_openrouter("fake/echo", "fork-fds-child", timeout=10) == "echo: fork-fds-child"
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+assert od.run_openrouter("fake/echo", "fork-fds-after") == "echo: fork-fds-after"
+print("ok")
+'''
+
+
+def test_a_forked_child_closes_the_engine_descriptors_it_inherited(server):
+    # Before: the child held the parent's epoll set, eventfd and pooled connections open until
+    # it exited (close-on-exec only helps exec).
+    proc = run_py(FORK_FDS, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    parent = [x for x in lines if x.startswith("parent")][0]
+    child = [x for x in lines if x.startswith("child")][0]
+    assert "connection to the server" in parent and "eventpoll" in parent, parent
+    assert child == "child []", (parent, child)
+    assert lines[-1] == "ok"
