@@ -981,7 +981,6 @@ static void *engine_main(void *arg)
         }
         reap(e);
     }
-    ord_parse_thread_done();
     return NULL;
 }
 
@@ -1163,6 +1162,5 @@ void ord_engine_after_fork_child(void)
     pthread_mutex_init(&g_stats_mu, NULL);
     memset(&g_stats, 0, sizeof g_stats);
     memset(g_hist, 0, sizeof g_hist);
-    ord_parse_after_fork_child();
     atomic_fetch_add(&ord_fork_generation, 1);
 }

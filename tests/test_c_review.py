@@ -181,3 +181,56 @@ def test_a_forked_child_closes_the_engine_descriptors_it_inherited(server):
     assert "connection to the server" in parent and "eventpoll" in parent, parent
     assert child == "child []", (parent, child)
     assert lines[-1] == "ok"
+
+
+# ------------------------------------------------------------------ cJSON's hooks
+FOREIGN_HOOKS = r'''
+import asyncio, ctypes, openrouter_direct as od
+cjson = ctypes.CDLL("libcjson.so.1")  # the one the extension links: one set of hooks
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.restype, libc.free.argtypes = None, [ctypes.c_void_p]
+MALLOC = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_size_t)
+FREE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+live, seen = set(), {"mallocs": 0, "strangers": 0}
+@MALLOC
+def foreign_malloc(n):
+    p = libc.malloc(n)
+    live.add(p)
+    seen["mallocs"] += 1
+    return p
+@FREE
+def foreign_free(p):
+    if p is None:
+        return
+    if p not in live:
+        seen["strangers"] += 1  # a pointer this allocator never gave out
+        return                  # (not ours to free)
+    live.discard(p)
+    libc.free(p)
+class Hooks(ctypes.Structure):
+    _fields_ = [("malloc_fn", MALLOC), ("free_fn", FREE)]
+def error_calls(tag, n):
+    for i in range(n):
+        assert od.run_openrouter("fake/status-429", "%s-%d" % (tag, i), num_retries=0) == ""
+    async def main():
+        return await asyncio.gather(*(od.run_openrouter_async("fake/status-503", "%s-a%d" % (tag, i),
+                                                              num_retries=1) for i in range(n)))
+    assert asyncio.run(main()) == [""] * n
+if ORDER == "after":
+    error_calls("before-hooks", 3)  # the extension has parsed error replies already
+cjson.cJSON_InitHooks(ctypes.byref(Hooks(foreign_malloc, foreign_free)))
+error_calls("hooked", 10)
+print("mallocs", seen["mallocs"] > 0, "live", len(live), "strangers", seen["strangers"])
+cjson.cJSON_InitHooks(None)
+'''
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_foreign_cjson_hooks_see_every_tree_freed_and_nothing_else(server, order):
+    # Before: hooks installed after the extension's first parse made its arena believe the
+    # trees lived in it, and they were never freed ("live" > 0); hooks installed before were
+    # overwritten by the extension's own ("mallocs False").
+    proc = run_py(FOREIGN_HOOKS.replace("ORDER", repr(order)), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "mallocs True live 0 strangers 0", (proc.stdout, proc.stderr)
