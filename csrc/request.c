@@ -430,7 +430,7 @@ static const char *key_utf8(PyObject *k, Py_ssize_t *n)
 }
 
 typedef struct {
-    PyObject *v[K_COUNT]; /* borrowed from kwargs; NULL: absent or None */
+    PyObject *v[K_COUNT]; /* borrowed from kwargs (a private copy); NULL: absent or None */
 } kw_view;
 
 /* The kwargs the call reads, found in one pass over the dict. A
@@ -1088,7 +1088,23 @@ static char *build_url(const char *base)
     return url;
 }
 
+static ord_req *build_request(const ord_call_args *a);
+
+/* On a private copy of kwargs: writing the body runs Python code (str() of an
+ * int-subclass key, say) that could empty the caller's dict, while the
+ * names, values and texts borrowed from it (the key, the base URL, the
+ * members still to write) are used after. Nothing else can reach the copy. */
 ord_req *ord_build_request(const ord_call_args *a)
+{
+    ord_call_args own = *a;
+    if (a->kwargs && !(own.kwargs = PyDict_Copy(a->kwargs)))
+        return NULL;
+    ord_req *r = build_request(&own);
+    Py_XDECREF(own.kwargs);
+    return r;
+}
+
+static ord_req *build_request(const ord_call_args *a)
 {
     kw_view kv;
     kw_scan(a->kwargs, &kv);

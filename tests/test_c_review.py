@@ -5,6 +5,8 @@ runs in a fresh interpreter against the session's fake server."""
 
 import logging
 import os
+import sys
+import uuid
 
 import pytest
 
@@ -234,3 +236,27 @@ def test_foreign_cjson_hooks_see_every_tree_freed_and_nothing_else(server, order
     proc = run_py(FOREIGN_HOOKS.replace("ORDER", repr(order)), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "mallocs True live 0 strangers 0", (proc.stdout, proc.stderr)
+
+
+# ------------------------------------------------------------------ kwargs mutated while building
+def test_kwargs_emptied_by_python_code_while_the_body_is_built_do_not_change_the_key(od, server):
+    # Before: the api_key's text was borrowed from kwargs, then used after the body was written;
+    # a dict key's __str__ that empties kwargs freed that str first, and the header carried
+    # whatever took its memory. The extension is called directly: a Python function between
+    # would hold its own copy of kwargs.
+    key = "sk-mutated-" + uuid.uuid4().hex
+    kwargs = {}
+
+    class Sneaky(int):
+        def __str__(self):
+            kwargs.clear()  # drops the only reference to the key's str
+            filler = ["".join(("x", key[1:])) for _ in range(64)]  # take the freed memory
+            filler.clear()
+            return "5"
+    kwargs.update(api_key="".join(key), logit_bias={Sneaky(5): 1}, timeout=10)
+    prompt = uniq()
+    native = od._api._load()
+    assert native.call("fake/echo", prompt, None, None, kwargs, 800) == "echo: " + prompt
+    req = server.requests_for(prompt)[0]
+    assert req["headers"]["authorization"] == "Bearer " + key
+    assert req["body"]["logit_bias"] == {"5": 1}
