@@ -14,6 +14,7 @@
  */
 #include "ord.h"
 
+#include <arpa/inet.h>
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
@@ -843,7 +844,16 @@ static int is_loopback(const char *base)
     if (at && at < host + strcspn(host, "/?#"))
         host = at + 1;
     size_t n = host[0] == '[' ? strcspn(host, "]") + 1 : strcspn(host, ":/?#");
-    return strncmp(host, "127.", 4) == 0 || (n == 9 && strncasecmp(host, "localhost", 9) == 0) ||
+    /* 127.0.0.0/8 as an address: a name such as 127.evil.example is any host. */
+    char ip[INET_ADDRSTRLEN];
+    struct in_addr addr;
+    if (n < sizeof ip) {
+        memcpy(ip, host, n);
+        ip[n] = '\0';
+        if (inet_pton(AF_INET, ip, &addr) == 1)
+            return (ntohl(addr.s_addr) >> 24) == 127;
+    }
+    return (n == 9 && strncasecmp(host, "localhost", 9) == 0) ||
            (n == 5 && strncmp(host, "[::1]", 5) == 0) ||
            (n > 10 && strncasecmp(host + n - 10, ".localhost", 10) == 0);
 }

@@ -59,11 +59,25 @@ def test_plain_http_to_a_host_that_is_not_loopback_warns_once_per_url(od, caplog
     assert len([w for w in warnings_of(caplog) if host in w]) == 2
 
 
+@pytest.mark.parametrize("label", ["127.%s.example", "127.0.0.1.%s.example", "localhost.%s.example"])
+def test_a_name_that_only_starts_like_loopback_warns(od, caplog, label):
+    # Before: any host starting "127." counted as loopback, so http://127.evil.example/ sent the
+    # key in clear without a word.
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    host = label % uniq("h")
+    assert arun(od.run_openrouter_async("fake/echo", uniq(), api_base="http://%s/api/v1" % host,
+                                        num_retries=0, timeout=5)) == ""
+    assert len([w for w in warnings_of(caplog) if host in w and "unencrypted" in w]) == 1
+
+
 @pytest.mark.parametrize("base", ["http://127.0.0.1:{port}/api/v1",
                                   "http://localhost:{port}/api/v1",
                                   "http://127.0.0.1:{port}/api/v1/",
+                                  "http://127.0.0.2:{port}/api/v1",
+                                  "http://user:pw@127.0.0.1:{port}/api/v1",
                                   "https://or-quiet.invalid/api/v1"],
-                         ids=["ipv4_loopback", "localhost", "trailing_slash", "https"])
+                         ids=["ipv4_loopback", "localhost", "trailing_slash", "loopback_net",
+                              "userinfo", "https"])
 def test_loopback_or_https_does_not_warn(od, server, caplog, base):
     caplog.set_level(logging.INFO, logger=LOGGER)
     arun(od.run_openrouter_async("fake/echo", uniq(), api_base=base.format(port=server.port),
