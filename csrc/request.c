@@ -486,6 +486,30 @@ static int has_crlf(const char *s)
 }
 
 /* Appends "Name: value"; returns 0, -1 on memory, 1 on CR/LF. */
+/* Key-bearing text is wiped before it is freed, so that no copy of the key
+ * lies in freed heap memory (a core dump, a later buffer's slack). Through
+ * volatile stores: a memset just before free() may be optimised away. */
+static void wipe_free(char *s)
+{
+    if (!s)
+        return;
+    volatile char *p = s;
+    while (*p)
+        *p++ = 0;
+    free(s);
+}
+
+/* Every line, not only Authorization: extra_headers may carry secrets too. */
+static void free_header_list(struct curl_slist *list)
+{
+    for (struct curl_slist *l = list; l; l = l->next) {
+        volatile char *p = l->data;
+        while (p && *p)
+            *p++ = 0;
+    }
+    curl_slist_free_all(list);
+}
+
 static int add_header(struct curl_slist **list, const char *name, const char *value)
 {
     if (has_crlf(name) || has_crlf(value))
@@ -496,7 +520,7 @@ static int add_header(struct curl_slist **list, const char *name, const char *va
         return -1;
     snprintf(line, n, "%s: %s", name, value);
     struct curl_slist *l = curl_slist_append(*list, line);
-    free(line);
+    wipe_free(line); /* it may hold the key */
     if (!l)
         return -1;
     *list = l;
@@ -543,8 +567,7 @@ static int build_headers(ord_req *r, const char *key, PyObject *extra, const cha
     }
     snprintf(auth, keylen + 8, "Bearer %s", key);
     int rc = overridden(extra, "Authorization") ? 0 : add_header(&r->headers, "Authorization", auth);
-    memset(auth, 0, keylen + 8);
-    free(auth);
+    wipe_free(auth);
     for (size_t i = 0; rc == 0 && i < sizeof std / sizeof std[0]; i++)
         if (!overridden(extra, std[i].name))
             rc = add_header(&r->headers, std[i].name, std[i].value);
@@ -593,21 +616,12 @@ struct ord_hdrs {
 
 static struct ord_hdrs *g_hdrs;  /* the cached list; GIL held */
 
-static void wipe_free(char *s)
-{
-    if (!s)
-        return;
-    volatile char *p = s;
-    while (*p)
-        *p++ = 0;
-    free(s);
-}
 
 void ord_hdrs_decref(struct ord_hdrs *h)
 {
     if (!h || atomic_fetch_sub_explicit(&h->refs, 1, memory_order_acq_rel) != 1)
         return;
-    curl_slist_free_all(h->list);
+    free_header_list(h->list);
     wipe_free(h->key);
     free(h->referer);
     free(h->title);
@@ -1220,7 +1234,7 @@ void ord_req_decref(ord_req *r)
     if (r->shared_headers)
         ord_hdrs_decref(r->shared_headers);
     else
-        curl_slist_free_all(r->headers);
+        free_header_list(r->headers);
     free(r->cainfo);
     free(r->proxy);
     free(r->noproxy);
