@@ -27,6 +27,7 @@
 #include "ord.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -929,7 +930,8 @@ static void *engine_main(void *arg)
              * *currently added*: when the calls in flight dip, it closes
              * connections that the next burst must open again. Keep enough
              * for the cap instead. */
-            curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, limit + 16);
+            long keep = limit < LONG_MAX - 16 ? limit + 16 : LONG_MAX; /* set_limit takes any long */
+            curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, keep);
             e->cache_for = limit;
         }
         while (e->pend_head && e->n_active < limit) {

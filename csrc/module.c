@@ -293,7 +293,9 @@ static PyObject *mod_cancel(PyObject *module, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     PyObject *key = args[0], *fut = nargs == 2 && args[1] != Py_None ? args[1] : NULL;
-    if (key == Py_None)
+    /* No channels after the module was cleared (interpreter teardown): a
+     * coroutine closed that late has no call left to find. */
+    if (key == Py_None || !st->channels)
         Py_RETURN_NONE;
     PyObject *loop = running_loop(st);
     if (!loop)

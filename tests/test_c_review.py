@@ -260,3 +260,13 @@ def test_kwargs_emptied_by_python_code_while_the_body_is_built_do_not_change_the
     req = server.requests_for(prompt)[0]
     assert req["headers"]["authorization"] == "Bearer " + key
     assert req["body"]["logit_bias"] == {"5": 1}
+
+
+# ------------------------------------------------------------------ small ones
+def test_the_largest_cap_works(od, concurrency_cap):
+    # Before: the engine sized its connection cache as limit + 16, a signed overflow for the
+    # largest cap (undefined behaviour; the UBSan stage reports it).
+    concurrency_cap(sys.maxsize)
+    prompt = uniq()
+    assert bounded(od.run_openrouter, "fake/echo", prompt) == "echo: " + prompt
+    assert od.stats()["max_concurrent_calls"] == sys.maxsize
