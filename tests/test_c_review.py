@@ -40,26 +40,27 @@ print(od.run_openrouter("fake/echo", "main-after-sub", timeout=10))
 
 # ------------------------------------------------------------------ exit and non-daemon threads
 NON_DAEMON_AT_EXIT = r'''
-import asyncio, threading, openrouter_direct as od
+import asyncio, os, threading, openrouter_direct as od
+def say(line):  # one write(2): lines from several threads never interleave
+    os.write(1, (line + "\n").encode())
 go = threading.Event()
 # threading's exit hooks run last-registered first: this one runs after any the package
 # registers there, while Python is about to join the non-daemon threads.
 threading._register_atexit(go.set)
 od.stats()  # loads the extension, which registers its exit hook
-on_wire = threading.Event()
 def in_flight_sync():
-    print("sync:", od.run_openrouter("fake/slow-300", "nd-sync"), flush=True)
+    say("sync: " + od.run_openrouter("fake/slow-300", "nd-sync"))
 def in_flight_async():
     async def main():
         return await asyncio.gather(*(od.run_openrouter_async("fake/slow-300", "nd-async-%d" % i)
                                       for i in range(3)))
-    print("async:", asyncio.run(main()), flush=True)
+    say("async: %s" % asyncio.run(main()))
 def after_exit_began():
     go.wait()
-    print("late:", od.run_openrouter("fake/echo", "nd-late"), flush=True)
+    say("late: " + od.run_openrouter("fake/echo", "nd-late"))
 for fn in (in_flight_sync, in_flight_async, after_exit_began):
     threading.Thread(target=fn).start()
-print("main done", flush=True)
+say("main done")
 '''
 
 
