@@ -266,7 +266,8 @@ def test_kwargs_emptied_by_python_code_while_the_body_is_built_do_not_change_the
 # ------------------------------------------------------------------ small ones
 def test_the_largest_cap_works(od, concurrency_cap):
     # Before: the engine sized its connection cache as limit + 16, a signed overflow for the
-    # largest cap (undefined behaviour; the UBSan stage reports it).
+    # largest cap. A guard: with CPython's -fwrapv it wrapped to a negative size that libcurl
+    # refused, so this passed before too; without -fwrapv it is undefined behaviour.
     concurrency_cap(sys.maxsize)
     prompt = uniq()
     assert bounded(od.run_openrouter, "fake/echo", prompt) == "echo: " + prompt
