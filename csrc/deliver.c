@@ -306,6 +306,10 @@ static void sweep_closed_loops(PyObject *module)
 PyObject *ord_channel_for_loop(PyObject *module, PyObject *loop)
 {
     ord_state *st = ord_get_state(module);
+    if (!st->channels) {
+        PyErr_SetString(PyExc_RuntimeError, "openrouter_direct._native was torn down (interpreter exit)");
+        return NULL;
+    }
     PyObject *ch = PyDict_GetItemWithError(st->channels, loop);
     if (ch) {
         Py_INCREF(ch);
@@ -382,6 +386,11 @@ static int channel_traverse(ChannelObject *self, visitproc visit, void *arg)
 
 static int channel_clear(ChannelObject *self)
 {
+    /* The cycle collector may clear a channel before its dealloc: its map
+     * holds the submitter's reference to each call it still tracks, which
+     * must be released (and the calls cancelled), not dropped with the map. */
+    if (self->chan)
+        release_native(self);
     Py_CLEAR(self->loop);
     Py_CLEAR(self->futures);
     Py_CLEAR(self->module);

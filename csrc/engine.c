@@ -23,12 +23,13 @@
  *
  * fork: the child gets no engine thread, and the parent's may have held any
  * lock at the moment of fork. The child abandons the old engine (it must not
- * clean up handles whose sockets the parent still uses) and builds a fresh
- * one on its first call.
+ * clean up handles whose sockets the parent still uses), closes its copies of
+ * the engine's descriptors, and builds a fresh one on its first call.
  */
 #include "ord.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -86,6 +87,8 @@ typedef struct {
     long cache_for;                /* the cap CURLMOPT_MAXCONNECTS was sized for */
     unsigned char *watched;        /* watched[fd]: FD_* state of each fd libcurl gave us */
     size_t watched_cap;
+    atomic_int watched_moving;     /* set while watched is reallocated: a child forked then
+                                    * cannot trust it (ord_engine_after_fork_child) */
     struct spare { char *buf; size_t cap; } spare[SPARE_BUFS]; /* response buffers to reuse */
     int n_spare;
     struct ord_url urls[URL_CACHE];
@@ -822,12 +825,16 @@ static unsigned char *fd_slot(engine *e, curl_socket_t fd)
         size_t cap = e->watched_cap ? e->watched_cap : 1024;
         while (cap <= (size_t)fd)
             cap *= 2;
+        atomic_store(&e->watched_moving, 1);
         unsigned char *w = realloc(e->watched, cap);
-        if (!w)
+        if (!w) {
+            atomic_store(&e->watched_moving, 0);
             return NULL;
+        }
         memset(w + e->watched_cap, 0, cap - e->watched_cap);
         e->watched = w;
         e->watched_cap = cap;
+        atomic_store(&e->watched_moving, 0);
     }
     return &e->watched[fd];
 }
@@ -1059,7 +1066,8 @@ static void *engine_main(void *arg)
              * *currently added*: when the calls in flight dip, it closes
              * connections that the next burst must open again. Keep enough
              * for the cap instead. */
-            curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, limit + 16);
+            long keep = limit < LONG_MAX - 16 ? limit + 16 : LONG_MAX; /* set_limit takes any long */
+            curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, keep);
             e->cache_for = limit;
         }
         int64_t gate_due = start_ready(e, now, limit);
@@ -1109,7 +1117,6 @@ static void *engine_main(void *arg)
         }
         reap(e);
     }
-    ord_parse_thread_done();
     return NULL;
 }
 
@@ -1254,7 +1261,8 @@ int ord_engine_submit(ord_req *r)
     e->inbox_tail = r;
     pthread_mutex_unlock(&e->mu);
     /* The engine takes the whole inbox at once: one wake-up per batch. Under
-     * g_mu, so that shutdown cannot free e (and its wake_fd) in between. */
+     * g_mu, as in cancel and set_limit: once g_mu is let go, a shutdown may
+     * free e and its wake_fd number may already name another file. */
     if (was_empty)
         wake(e);
     pthread_mutex_unlock(&g_mu);
@@ -1299,15 +1307,35 @@ void ord_engine_shutdown(void)
     engine_free(e);
 }
 
+/* The child's copies of the abandoned engine's descriptors: without this a
+ * DataLoader worker keeps the parent's connections half-open until it exits
+ * (close-on-exec only helps exec), and the epoll set and eventfd with them.
+ * Closing a copy leaves the parent's socket alone. Only the sockets libcurl
+ * opened through on_open_socket are known to be ours; if the fork caught
+ * the engine thread growing watched[], the table may be freed memory, and
+ * those sockets stay open rather than risk closing one of the child's own.
+ * libcurl's internal descriptors (its resolver's, its wake-up pair) are not
+ * known here and stay. */
+static void close_inherited(engine *e)
+{
+    if (!atomic_load(&e->watched_moving))
+        for (size_t fd = 0; fd < e->watched_cap; fd++)
+            if (e->watched[fd] & FD_OURS)
+                close((int)fd);
+    close(e->ep);
+    close(e->wake_fd);
+}
+
 /* pthread_atfork child handler: runs in the only thread of the child. */
 void ord_engine_after_fork_child(void)
 {
+    if (g_engine)
+        close_inherited(g_engine);
     g_engine = NULL; /* abandoned, see the top of this file */
     g_shut = 0;
     pthread_mutex_init(&g_mu, NULL);
     pthread_mutex_init(&g_stats_mu, NULL);
     memset(&g_stats, 0, sizeof g_stats);
     memset(g_hist, 0, sizeof g_hist);
-    ord_parse_after_fork_child();
     atomic_fetch_add(&ord_fork_generation, 1);
 }

@@ -39,6 +39,14 @@ static void check_fork(PyObject *module)
     }
 }
 
+/* A str for C text that came from a server or the environment: neither need
+ * be UTF-8 (a shell can export any bytes), and a failed call must still come
+ * back as "" and a log line, never a UnicodeDecodeError. */
+static PyObject *lenient_str(const char *s)
+{
+    return PyUnicode_DecodeUTF8(s, (Py_ssize_t)strlen(s), "replace");
+}
+
 static PyObject *attempt_list(ord_req *r)
 {
     int n = r->attempts < ORD_ATTEMPT_LOG ? r->attempts : ORD_ATTEMPT_LOG;
@@ -64,10 +72,12 @@ PyObject *ord_result_object(PyObject *module, ord_req *r, int *is_exception)
     *is_exception = 0;
     if (r->debug && st->attempt_hook && r->attempts > 0) {
         PyObject *log = attempt_list(r);
-        PyObject *res = log ? PyObject_CallFunction(st->attempt_hook, "KsO", (unsigned long long)r->seq,
-                                                    r->model ? r->model : "", log)
-                            : NULL;
+        PyObject *model = log ? lenient_str(r->model ? r->model : "") : NULL;
+        PyObject *res = model ? PyObject_CallFunction(st->attempt_hook, "KOO", (unsigned long long)r->seq,
+                                                      model, log)
+                              : NULL;
         Py_XDECREF(log);
+        Py_XDECREF(model);
         if (!res)
             PyErr_WriteUnraisable(st->attempt_hook);
         Py_XDECREF(res);
@@ -83,15 +93,16 @@ PyObject *ord_result_object(PyObject *module, ord_req *r, int *is_exception)
         return PyUnicode_FromString("");
     PyObject *status = r->status > 0 ? PyLong_FromLong(r->status) : Py_NewRef(Py_None);
     /* A server's message need not be valid UTF-8; the caller must still get "". */
-    const char *m = r->message ? r->message : "unknown error";
-    PyObject *msg = PyUnicode_DecodeUTF8(m, (Py_ssize_t)strlen(m), "replace");
-    if (!status || !msg) {
+    PyObject *msg = lenient_str(r->message ? r->message : "unknown error");
+    PyObject *model = lenient_str(r->model ? r->model : ""); /* OPENROUTER_MODEL_MAP's bytes */
+    if (!status || !msg || !model) {
         Py_XDECREF(status);
         Py_XDECREF(msg);
+        Py_XDECREF(model);
         return NULL;
     }
-    PyObject *value = PyObject_CallFunction(st->fail_hook, "(sNNsKiOs)", info->name, status, msg,
-                                            r->model ? r->model : "", (unsigned long long)r->seq,
+    PyObject *value = PyObject_CallFunction(st->fail_hook, "(sNNNKiOs)", info->name, status, msg,
+                                            model, (unsigned long long)r->seq,
                                             r->attempts, r->strict ? Py_True : Py_False, exc_name);
     if (!value)
         return NULL;
@@ -125,17 +136,21 @@ static int warn_once(ord_state *st, const char *kind, PyObject *subject, const c
 {
     if (!st->warn_hook)
         return 0;
-    PyObject *key = subject ? Py_BuildValue("(sO)", kind, subject) : Py_BuildValue("(ss)", kind, detail);
-    if (!key)
+    PyObject *text = lenient_str(detail); /* a model or URL from the environment's bytes */
+    if (!text)
         return -1;
-    int seen = PySet_Contains(st->warned, key);
-    if (seen != 0 || PySet_Add(st->warned, key) < 0) {
-        Py_DECREF(key);
+    PyObject *key = Py_BuildValue("(sO)", kind, subject ? subject : text);
+    int seen = key ? PySet_Contains(st->warned, key) : -1;
+    /* Every failure returns -1 with its exception set, PySet_Add's included. */
+    if (seen == 0 && PySet_Add(st->warned, key) < 0)
+        seen = -1;
+    Py_XDECREF(key);
+    if (seen != 0) {
+        Py_DECREF(text);
         return seen < 0 ? -1 : 0;
     }
-    Py_DECREF(key);
-    PyObject *res = subject ? PyObject_CallFunction(st->warn_hook, "sOs", kind, subject, detail)
-                            : PyObject_CallFunction(st->warn_hook, "sss", kind, detail, detail);
+    PyObject *res = PyObject_CallFunction(st->warn_hook, "sOO", kind, subject ? subject : text, text);
+    Py_DECREF(text);
     Py_XDECREF(res);
     return res ? 0 : -1;
 }
@@ -283,7 +298,9 @@ static PyObject *mod_cancel(PyObject *module, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     PyObject *key = args[0], *fut = nargs == 2 && args[1] != Py_None ? args[1] : NULL;
-    if (key == Py_None)
+    /* No channels after the module was cleared (interpreter teardown): a
+     * coroutine closed that late has no call left to find. */
+    if (key == Py_None || !st->channels)
         Py_RETURN_NONE;
     PyObject *loop = running_loop(st);
     if (!loop)
@@ -600,6 +617,17 @@ static int intern(PyObject **slot, const char *s)
 
 static int mod_exec(PyObject *module)
 {
+    /* The engine, its cap and its exit hook are process-wide, while each
+     * interpreter would get a module of its own and register its own
+     * shutdown: a subinterpreter ending would stop the engine under the main
+     * interpreter's calls. Refused, at import, whatever the kind of
+     * subinterpreter (the slot below covers only isolated ones on 3.12+). */
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_ImportError,
+                        "openrouter_direct._native does not support subinterpreters: "
+                        "import it in the main interpreter only");
+        return -1;
+    }
     curl_version_info_data *vi = curl_version_info(CURLVERSION_NOW);
     if (vi->version_num < LIBCURL_VERSION_NUM) {
         PyErr_Format(PyExc_ImportError,
@@ -682,6 +710,9 @@ static void mod_free(void *module)
 
 static PyModuleDef_Slot mod_slots[] = {
     {Py_mod_exec, mod_exec},
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
     {0, NULL},
 };
 

@@ -204,10 +204,6 @@ typedef struct {
 
 /* Fills r->content or r->message/r->status and returns the reason. */
 ord_reason ord_parse_reply(ord_req *r, long http_status, ord_usage *usage);
-/* Frees the calling thread's parse arena; a thread that parsed calls it before it ends. */
-void ord_parse_thread_done(void);
-/* pthread_atfork child handler's part for the parse arena. */
-void ord_parse_after_fork_child(void);
 ord_reason ord_curl_reason(CURLcode code);
 char *ord_redact(const char *msg, const char *secret);
 

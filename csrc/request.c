@@ -14,6 +14,7 @@
  */
 #include "ord.h"
 
+#include <arpa/inet.h>
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
@@ -430,7 +431,7 @@ static const char *key_utf8(PyObject *k, Py_ssize_t *n)
 }
 
 typedef struct {
-    PyObject *v[K_COUNT]; /* borrowed from kwargs; NULL: absent or None */
+    PyObject *v[K_COUNT]; /* borrowed from kwargs (a private copy); NULL: absent or None */
 } kw_view;
 
 /* The kwargs the call reads, found in one pass over the dict. A
@@ -485,6 +486,30 @@ static int has_crlf(const char *s)
 }
 
 /* Appends "Name: value"; returns 0, -1 on memory, 1 on CR/LF. */
+/* Key-bearing text is wiped before it is freed, so that no copy of the key
+ * lies in freed heap memory (a core dump, a later buffer's slack). Through
+ * volatile stores: a memset just before free() may be optimised away. */
+static void wipe_free(char *s)
+{
+    if (!s)
+        return;
+    volatile char *p = s;
+    while (*p)
+        *p++ = 0;
+    free(s);
+}
+
+/* Every line, not only Authorization: extra_headers may carry secrets too. */
+static void free_header_list(struct curl_slist *list)
+{
+    for (struct curl_slist *l = list; l; l = l->next) {
+        volatile char *p = l->data;
+        while (p && *p)
+            *p++ = 0;
+    }
+    curl_slist_free_all(list);
+}
+
 static int add_header(struct curl_slist **list, const char *name, const char *value)
 {
     if (has_crlf(name) || has_crlf(value))
@@ -495,7 +520,7 @@ static int add_header(struct curl_slist **list, const char *name, const char *va
         return -1;
     snprintf(line, n, "%s: %s", name, value);
     struct curl_slist *l = curl_slist_append(*list, line);
-    free(line);
+    wipe_free(line); /* it may hold the key */
     if (!l)
         return -1;
     *list = l;
@@ -542,8 +567,7 @@ static int build_headers(ord_req *r, const char *key, PyObject *extra, const cha
     }
     snprintf(auth, keylen + 8, "Bearer %s", key);
     int rc = overridden(extra, "Authorization") ? 0 : add_header(&r->headers, "Authorization", auth);
-    memset(auth, 0, keylen + 8);
-    free(auth);
+    wipe_free(auth);
     for (size_t i = 0; rc == 0 && i < sizeof std / sizeof std[0]; i++)
         if (!overridden(extra, std[i].name))
             rc = add_header(&r->headers, std[i].name, std[i].value);
@@ -592,21 +616,12 @@ struct ord_hdrs {
 
 static struct ord_hdrs *g_hdrs;  /* the cached list; GIL held */
 
-static void wipe_free(char *s)
-{
-    if (!s)
-        return;
-    volatile char *p = s;
-    while (*p)
-        *p++ = 0;
-    free(s);
-}
 
 void ord_hdrs_decref(struct ord_hdrs *h)
 {
     if (!h || atomic_fetch_sub_explicit(&h->refs, 1, memory_order_acq_rel) != 1)
         return;
-    curl_slist_free_all(h->list);
+    free_header_list(h->list);
     wipe_free(h->key);
     free(h->referer);
     free(h->title);
@@ -843,7 +858,16 @@ static int is_loopback(const char *base)
     if (at && at < host + strcspn(host, "/?#"))
         host = at + 1;
     size_t n = host[0] == '[' ? strcspn(host, "]") + 1 : strcspn(host, ":/?#");
-    return strncmp(host, "127.", 4) == 0 || (n == 9 && strncasecmp(host, "localhost", 9) == 0) ||
+    /* 127.0.0.0/8 as an address: a name such as 127.evil.example is any host. */
+    char ip[INET_ADDRSTRLEN];
+    struct in_addr addr;
+    if (n < sizeof ip) {
+        memcpy(ip, host, n);
+        ip[n] = '\0';
+        if (inet_pton(AF_INET, ip, &addr) == 1)
+            return (ntohl(addr.s_addr) >> 24) == 127;
+    }
+    return (n == 9 && strncasecmp(host, "localhost", 9) == 0) ||
            (n == 5 && strncmp(host, "[::1]", 5) == 0) ||
            (n > 10 && strncasecmp(host + n - 10, ".localhost", 10) == 0);
 }
@@ -1088,7 +1112,23 @@ static char *build_url(const char *base)
     return url;
 }
 
+static ord_req *build_request(const ord_call_args *a);
+
+/* On a private copy of kwargs: writing the body runs Python code (str() of an
+ * int-subclass key, say) that could empty the caller's dict, while the
+ * names, values and texts borrowed from it (the key, the base URL, the
+ * members still to write) are used after. Nothing else can reach the copy. */
 ord_req *ord_build_request(const ord_call_args *a)
+{
+    ord_call_args own = *a;
+    if (a->kwargs && !(own.kwargs = PyDict_Copy(a->kwargs)))
+        return NULL;
+    ord_req *r = build_request(&own);
+    Py_XDECREF(own.kwargs);
+    return r;
+}
+
+static ord_req *build_request(const ord_call_args *a)
 {
     kw_view kv;
     kw_scan(a->kwargs, &kv);
@@ -1194,7 +1234,7 @@ void ord_req_decref(ord_req *r)
     if (r->shared_headers)
         ord_hdrs_decref(r->shared_headers);
     else
-        curl_slist_free_all(r->headers);
+        free_header_list(r->headers);
     free(r->cainfo);
     free(r->proxy);
     free(r->noproxy);

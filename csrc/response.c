@@ -12,21 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define ORD_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define ORD_ASAN 1
-#endif
-#endif
-#ifdef ORD_ASAN
-#include <sanitizer/asan_interface.h>
-#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
-#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
-#else
-#define POISON(p, n) ((void)(p), (void)(n))
-#define UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
 
 ord_reason ord_curl_reason(CURLcode code)
 {
@@ -265,134 +250,14 @@ static void take_usage(const cJSON *root, ord_usage *u)
                cJSON_IsNumber(cost) ? &cost->valuedouble : NULL);
 }
 
-/* ---- an arena for cJSON's allocations while a reply is parsed ----
- *
- * cJSON allocates every node, key and string of a tree on its own: about 70
- * malloc/free pairs for one chat completion (perf probe on malloc). While a
- * thread parses a reply here, those allocations come from its arena and are
- * all let go at once when the next parse starts. Since the usual reply is
- * read without cJSON (read_usual, below), the arena serves the replies left
- * to cJSON: errors (a storm of 429s or 5xx parses one per attempt), lists of
- * parts, odd shapes.
- *
- * cJSON's hooks are process-wide (libcjson is a shared library, and another
- * extension may use it too), so the hooks are plain malloc and free except
- * on the thread the arena is lent to, inside ord_parse_reply, and for
- * pointers from the arena. Another user of libcjson sees no difference; if
- * it installs hooks of its own, ours are simply not called. Under ASan the
- * arena is poisoned between parses, so a pointer into a freed tree is still
- * caught. */
-#define ARENA_BYTES (64 * 1024)
-
-typedef struct {
-    char *base;
-    size_t used;
-    int active;
-    int spilled; /* this parse took memory from malloc too */
-} arena;
-
-/* One arena, lent to one thread at a time: in practice the engine thread,
- * the only one that parses replies. A thread-local arena cost a
- * __tls_get_addr in every hook call (an extension is built with the
- * general-dynamic TLS model), about 0.7% of the engine's time. Only the
- * owner touches g_arena; the hooks of every other thread see an owner that
- * is not themselves and go straight to malloc and free. */
-static arena g_arena;
-static atomic_ulong g_arena_owner; /* the pthread_t using g_arena; 0: none */
-_Static_assert(sizeof(pthread_t) == sizeof(unsigned long), "pthread_t is an integer on Linux");
-
-static int arena_mine(void)
-{
-    return atomic_load_explicit(&g_arena_owner, memory_order_relaxed) == (unsigned long)pthread_self();
-}
-
-static int in_arena(const void *p)
-{
-    uintptr_t b = (uintptr_t)g_arena.base, q = (uintptr_t)p;
-    return b && q >= b && q < b + ARENA_BYTES;
-}
-
-static void *arena_malloc(size_t n)
-{
-    if (arena_mine()) {
-        arena *a = &g_arena;
-        size_t need = (n + 15) & ~(size_t)15;
-        if (a->active && need >= n && need <= ARENA_BYTES - a->used) {
-            void *p = a->base + a->used;
-            a->used += need;
-            UNPOISON(p, n);
-            return p;
-        }
-        a->spilled |= a->active;
-    }
-    return malloc(n); /* large strings, and everybody else */
-}
-
-static void arena_free(void *p)
-{
-    if (!(arena_mine() && in_arena(p)))
-        free(p);
-}
-
-static void install_hooks(void)
-{
-    cJSON_Hooks h = {arena_malloc, arena_free};
-    cJSON_InitHooks(&h);
-}
-
-/* *arena_only: the whole tree lives in the arena, so it needs no cJSON_Delete
- * (about 5,000 instructions per reply, walking ~70 nodes to free nothing):
- * the next parse reuses the memory. */
-static cJSON *parse_json(const char *buf, size_t len, int *arena_only)
-{
-    *arena_only = 0;
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, install_hooks);
-    unsigned long self = (unsigned long)pthread_self(), none = 0;
-    if (atomic_load_explicit(&g_arena_owner, memory_order_acquire) != self &&
-        !atomic_compare_exchange_strong_explicit(&g_arena_owner, &none, self, memory_order_acquire,
-                                                 memory_order_relaxed))
-        return cJSON_ParseWithLength(buf, len); /* lent to another thread: plain malloc */
-    arena *a = &g_arena;
-    if (!a->base) {
-        a->base = malloc(ARENA_BYTES);
-        if (a->base)
-            POISON(a->base, ARENA_BYTES);
-    }
-    if (a->base) {
-        POISON(a->base, a->used);
-        a->used = 0;
-        a->active = 1;
-        a->spilled = 0;
-    }
-    cJSON *root = cJSON_ParseWithLength(buf, len);
-    *arena_only = a->active && !a->spilled;
-    a->active = 0;
-    return root;
-}
-
-void ord_parse_thread_done(void)
-{
-    if (!arena_mine())
-        return;
-    free(g_arena.base);
-    g_arena = (arena){0};
-    atomic_store_explicit(&g_arena_owner, 0, memory_order_release);
-}
-
-/* The owner may have been a thread of the parent: the arena's memory was
- * copied into the child and is the child's to reuse. */
-void ord_parse_after_fork_child(void)
-{
-    g_arena.used = 0;
-    g_arena.active = 0;
-    atomic_store_explicit(&g_arena_owner, 0, memory_order_relaxed);
-}
-
+/* The replies left to cJSON (read_usual, below, takes the usual success):
+ * errors, lists of parts, odd shapes. cJSON allocates through its default
+ * hooks, which are process-wide: another library in the process may set its
+ * own (cJSON_InitHooks), so this file sets none and lets every tree go with
+ * cJSON_Delete, which frees through whatever hooks made it. */
 static ord_reason parse_with_cjson(ord_req *r, long http_status, ord_usage *usage)
 {
-    int arena_only = 0;
-    cJSON *root = r->buf_len ? parse_json(r->buf, r->buf_len, &arena_only) : NULL;
+    cJSON *root = r->buf_len ? cJSON_ParseWithLength(r->buf, r->buf_len) : NULL;
     ord_reason reason;
     r->status = http_status;
 
@@ -430,8 +295,7 @@ static ord_reason parse_with_cjson(ord_req *r, long http_status, ord_usage *usag
     take_usage(root, usage);
     reason = ORD_OK;
 done:
-    if (!arena_only)
-        cJSON_Delete(root);
+    cJSON_Delete(root);
     return reason;
 }
 

@@ -31,7 +31,6 @@ def _load() -> Any:
         import atexit
         import functools
         import logging
-        import threading
 
         from . import _native as native
 
@@ -41,13 +40,11 @@ def _load() -> Any:
             _apply_loglevel(logging)
         native.set_hooks(_on_failure, _on_attempts,
                          functools.partial(log.isEnabledFor, logging.DEBUG), _on_warning)
-        # At interpreter exit, fail what is still in flight so that threads blocked in a call
-        # return "" and the process ends promptly. threading's hook runs before non-daemon
-        # threads are joined; atexit's would run after.
-        try:
-            threading._register_atexit(native.shutdown)  # type: ignore[attr-defined]
-        except (AttributeError, RuntimeError):
-            atexit.register(native.shutdown)
+        # At interpreter exit, fail what is still in flight so that daemon threads blocked in a
+        # call return "" and the process ends promptly. atexit's hooks run after Python has
+        # joined the non-daemon threads, so those still finish their calls, as Python promises
+        # them; threading's own hook would run before that join and refuse their calls.
+        atexit.register(native.shutdown)
         _submit, _cancel, _call = native.submit, native.cancel, native.call
         _native = native
         return native

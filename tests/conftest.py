@@ -13,8 +13,9 @@ import sys
 
 import pytest
 
-# Settings the package may read at import or when its engine starts: fix them
-# before the first import of the session.
+# The environment of the session itself, for the interpreters the tests start (run_py copies
+# it): the package reads the delays per call and LOGLEVEL at import, and the cap once, when a
+# process first needs it. od_env below sets them again for each test.
 os.environ["OPENROUTER_RETRY_BASE_DELAY"] = "0.01"
 os.environ["OPENROUTER_RETRY_MAX_DELAY"] = "0.05"
 for _name in ("OPENROUTER_MAX_CONCURRENT_CALLS", "LOGLEVEL", "OPENROUTER_RAISE_ON_ERROR",

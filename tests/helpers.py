@@ -15,6 +15,17 @@ import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Under ASan or TSan (.ci/sanitizers preloads their runtimes) everything runs several times
+# slower: wall-clock upper bounds that are the behaviour under test are multiplied by this.
+# ORD_TEST_TIME_SCALE overrides it (a loaded machine, valgrind).
+SANITIZED = any(s in os.environ.get("LD_PRELOAD", "") for s in ("libasan", "libtsan", "libubsan"))
+TIME_SCALE = float(os.environ.get("ORD_TEST_TIME_SCALE") or (4.0 if SANITIZED else 1.0))
+
+
+def bound(seconds):
+    """An upper bound on wall time that is part of the behaviour, scaled for slow builds."""
+    return seconds * TIME_SCALE
+
 
 def uniq(tag="p"):
     """A prompt no other call in the session uses (the fake server keys calls by body)."""
@@ -45,8 +56,15 @@ def bounded(fn, *args, bound=30.0, **kwargs):
     return box["value"]
 
 
-def wait_until(predicate, timeout=5.0, interval=0.005):
-    deadline = time.monotonic() + timeout
+# How long to wait for something that must happen: generous, since passing costs only the wait
+# itself, and a loaded machine (or a sanitizer) must never turn a slow event into a failure.
+WAIT = 20.0
+
+
+def wait_until(predicate, timeout=WAIT, interval=0.005):
+    """Poll until predicate() holds; returns its last value. timeout is a safety net, never the
+    behaviour under test: it is at least WAIT, scaled like bound()."""
+    deadline = time.monotonic() + max(timeout, WAIT) * TIME_SCALE
     while time.monotonic() < deadline:
         if predicate():
             return True
@@ -54,8 +72,9 @@ def wait_until(predicate, timeout=5.0, interval=0.005):
     return predicate()
 
 
-async def await_until(predicate, timeout=5.0, interval=0.005):
-    deadline = time.monotonic() + timeout
+async def await_until(predicate, timeout=WAIT, interval=0.005):
+    """wait_until inside a running loop."""
+    deadline = time.monotonic() + max(timeout, WAIT) * TIME_SCALE
     while time.monotonic() < deadline:
         if predicate():
             return True

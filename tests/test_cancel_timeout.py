@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from helpers import arun, await_until, bounded, run_py, uniq, wait_until
+from helpers import arun, await_until, bound, bounded, run_py, uniq, wait_until
 
 
 def test_stalled_call_times_out_and_returns_empty(od, server):
@@ -13,7 +13,7 @@ def test_stalled_call_times_out_and_returns_empty(od, server):
     t0 = time.monotonic()
     assert arun(od.run_openrouter_async("fake/stall", prompt, timeout=0.5, num_retries=0)) == ""
     elapsed = time.monotonic() - t0
-    assert 0.4 <= elapsed < 2.0
+    assert 0.4 <= elapsed < bound(2.0)
     assert server.attempts_for(prompt) == 1
     # the client gave up the connection: the server's handler is no longer busy
     assert wait_until(lambda: server.in_progress == 0, 2)
@@ -22,7 +22,7 @@ def test_stalled_call_times_out_and_returns_empty(od, server):
 def test_sync_stalled_call_times_out(od, server):
     t0 = time.monotonic()
     assert bounded(od.run_openrouter, "fake/stall", uniq(), timeout=0.5, num_retries=0) == ""
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < bound(2.0)
 
 
 def test_timeout_bounds_each_attempt_not_the_whole_call(od, server):
@@ -30,7 +30,7 @@ def test_timeout_bounds_each_attempt_not_the_whole_call(od, server):
     t0 = time.monotonic()
     assert arun(od.run_openrouter_async("fake/stall", prompt, timeout=0.3, num_retries=2)) == ""
     assert server.attempts_for(prompt) == 3
-    assert 0.85 <= time.monotonic() - t0 < 4.0
+    assert 0.85 <= time.monotonic() - t0 < bound(4.0)
 
 
 def test_slow_reply_within_timeout_succeeds(od):
@@ -43,7 +43,7 @@ def test_slow_reply_beyond_timeout_fails(od, server):
     t0 = time.monotonic()
     assert arun(od.run_openrouter_async("fake/slow-3000", prompt, timeout=0.3,
                                         num_retries=0)) == ""
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < bound(1.5)
 
 
 def test_default_timeout_comes_from_litellm_default_timeout_env(server):
@@ -57,7 +57,7 @@ print(repr(out), round(time.monotonic() - t0, 3))
     assert proc.returncode == 0, proc.stderr
     out, elapsed = proc.stdout.split()
     assert out == "''"
-    assert 0.4 <= float(elapsed) < 3.0
+    assert 0.4 <= float(elapsed) < bound(3.0)
 
 
 def test_cancelling_a_stalled_call_ends_it_promptly(od, server):
@@ -72,10 +72,11 @@ def test_cancelling_a_stalled_call_ends_it_promptly(od, server):
             await task
         return time.monotonic() - t0
 
-    assert arun(main(), 15) < 0.5
+    assert arun(main(), 15) < bound(0.5)
     # the transfer was aborted: the server sees the connection go away
-    assert wait_until(lambda: server.in_progress == 0, 1.0)
-    time.sleep(0.2)
+    assert wait_until(lambda: server.in_progress == 0)
+    # the engine is done with the call, so no retry can come after this
+    assert wait_until(lambda: od.stats()["in_flight"] == 0 and od.stats()["queued"] == 0)
     assert server.attempts_for(prompt) == 1  # a cancelled call is not retried
 
 
@@ -89,7 +90,7 @@ def test_cancelled_call_frees_its_concurrency_slot(od, server, concurrency_cap):
                  for p in stalled]
         assert await await_until(lambda: server.in_progress == 2, 5)
         waiting = asyncio.ensure_future(od.run_openrouter_async("fake/echo", third))
-        await asyncio.sleep(0.3)
+        assert await await_until(lambda: od.stats()["queued"] == 1)
         assert not waiting.done()               # both slots are taken
         assert server.attempts_for(third) == 0  # so it never reached the wire
         for t in tasks:
@@ -98,7 +99,7 @@ def test_cancelled_call_frees_its_concurrency_slot(od, server, concurrency_cap):
         return await asyncio.wait_for(waiting, 2)
 
     assert arun(main(), 20) == "echo: " + third
-    assert wait_until(lambda: od.stats()["in_flight"] == 0, 1.0)
+    assert wait_until(lambda: od.stats()["in_flight"] == 0)
 
 
 def test_cancelling_a_queued_call_never_sends_it(od, server, concurrency_cap):
@@ -109,7 +110,7 @@ def test_cancelling_a_queued_call_never_sends_it(od, server, concurrency_cap):
         b = asyncio.ensure_future(od.run_openrouter_async("fake/stall", blocker))
         assert await await_until(lambda: server.in_progress == 1, 5)
         q = asyncio.ensure_future(od.run_openrouter_async("fake/echo", queued))
-        await asyncio.sleep(0.1)
+        assert await await_until(lambda: od.stats()["queued"] == 1)  # waiting for the slot
         q.cancel()
         with pytest.raises(asyncio.CancelledError):
             await q
@@ -119,9 +120,8 @@ def test_cancelling_a_queued_call_never_sends_it(od, server, concurrency_cap):
         return await od.run_openrouter_async("fake/echo", queued + "-after")
 
     assert arun(main(), 20) == "echo: " + queued + "-after"
-    time.sleep(0.1)
+    assert wait_until(lambda: od.stats()["in_flight"] == 0 and od.stats()["queued"] == 0)
     assert server.attempts_for(queued) == 1  # only the "-after" call
-    assert wait_until(lambda: od.stats()["in_flight"] == 0 and od.stats()["queued"] == 0, 1.0)
 
 
 def test_cancel_during_retry_backoff_stops_further_attempts(od, server, adaptive_off):
@@ -131,14 +131,16 @@ def test_cancel_during_retry_backoff_stops_further_attempts(od, server, adaptive
         task = asyncio.ensure_future(
             od.run_openrouter_async("fake/retry-after-5", prompt, num_retries=3))
         assert await await_until(lambda: server.attempts_for(prompt) == 1, 5)
-        await asyncio.sleep(0.1)
+        # backing off: off the wire, in the engine's timer heap (counted as queued)
+        assert await await_until(lambda: od.stats()["in_flight"] == 0
+                                 and od.stats()["queued"] == 1)
         t0 = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         return time.monotonic() - t0
 
-    assert arun(main(), 15) < 0.5
+    assert arun(main(), 15) < bound(0.5)
     assert server.attempts_for(prompt) == 1
 
 
@@ -151,9 +153,9 @@ def test_wait_for_timeout_around_call_cancels_it(od, server):
 
     t0 = time.monotonic()
     arun(main(), 10)
-    assert time.monotonic() - t0 < 1.0
-    assert wait_until(lambda: server.in_progress == 0, 1.0)
-    assert wait_until(lambda: od.stats()["in_flight"] == 0, 1.0)
+    assert time.monotonic() - t0 < bound(1.0)
+    assert wait_until(lambda: server.in_progress == 0)
+    assert wait_until(lambda: od.stats()["in_flight"] == 0)
 
 
 def test_asyncio_run_ending_with_pending_calls_cancels_them(od, server):
@@ -167,9 +169,9 @@ def test_asyncio_run_ending_with_pending_calls_cancels_them(od, server):
 
     t0 = time.monotonic()
     asyncio.run(main())
-    assert time.monotonic() - t0 < 6
-    assert wait_until(lambda: server.in_progress == 0, 2.0)
-    assert wait_until(lambda: od.stats()["in_flight"] == 0, 2.0)
+    assert time.monotonic() - t0 < bound(6)
+    assert wait_until(lambda: server.in_progress == 0)
+    assert wait_until(lambda: od.stats()["in_flight"] == 0)
     p = uniq()
     assert arun(od.run_openrouter_async("fake/echo", p)) == "echo: " + p
 
@@ -183,14 +185,17 @@ import asyncio, gc, time, openrouter_direct as od
 loop = asyncio.new_event_loop()
 coro = od.run_openrouter_async("fake/stall", "closed-loop-call", num_retries=0)
 task = loop.create_task(coro)
-loop.run_until_complete(asyncio.sleep(0.2))  # submitted, awaiting its future
+async def on_the_wire():
+    while od.stats()["in_flight"] != 1:
+        await asyncio.sleep(0.005)
+loop.run_until_complete(asyncio.wait_for(on_the_wire(), 20))  # submitted, awaiting its future
 loop.close()
 task = None
 coro.close()  # GeneratorExit at the await, with no loop running
 coro = None
 gc.collect()
 t0 = time.monotonic()
-while od.stats()["in_flight"] and time.monotonic() - t0 < 2:
+while od.stats()["in_flight"] and time.monotonic() - t0 < 20:
     time.sleep(0.01)
 s = od.stats()
 print(s["calls"], s["in_flight"], s["cancelled"])
@@ -221,7 +226,7 @@ results = []
 for k in range(20):
     results += asyncio.run(batch(k))
 import time
-deadline = time.monotonic() + 1.0   # aborts finish on the engine thread, promptly
+deadline = time.monotonic() + 20   # aborts finish on the engine thread; a safety net
 while (od.stats()["in_flight"] or od.stats()["queued"]) and time.monotonic() < deadline:
     time.sleep(0.01)
 s = od.stats()

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from helpers import arun, bounded, uniq
+from helpers import arun, await_until, bounded, uniq
 
 LOGGER = "openrouter_direct"
 
@@ -81,7 +81,7 @@ def test_cancelled_call_logs_no_failure(od, server, caplog):
 
     async def main():
         t = asyncio.ensure_future(od.run_openrouter_async("fake/stall", uniq()))
-        await asyncio.sleep(0.1)
+        assert await await_until(lambda: server.in_progress == 1)  # on the wire
         t.cancel()
         await asyncio.gather(t, return_exceptions=True)
     arun(main())

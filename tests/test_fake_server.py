@@ -10,6 +10,8 @@ import urllib.request
 
 import pytest
 
+from helpers import bound, wait_until
+
 from openrouter_direct._server import FakeOpenRouter, big_content
 
 
@@ -116,11 +118,11 @@ def test_slow_mode_does_not_block_other_connections(server):
     s1 = socket.create_connection(("127.0.0.1", server.port))
     s1.sendall(raw_request(json.dumps({"model": "fake/slow-500", "messages": []}).encode(),
                            b"Connection: close\r\n"))
-    time.sleep(0.05)
+    assert wait_until(lambda: server.in_progress == 1)  # the slow one is being served
     c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     t0 = time.monotonic()
     resp, _ = chat(c, "fake/echo")
-    assert resp.status == 200 and time.monotonic() - t0 < 0.3
+    assert resp.status == 200 and time.monotonic() - t0 < bound(0.3)
     assert b"200 OK" in read_all(s1)
     assert server.max_concurrent == 2
 
@@ -144,10 +146,7 @@ def test_stall_mode_holds_until_client_closes(server):
         s.recv(10)
     assert server.in_progress == 1
     s.close()
-    deadline = time.monotonic() + 2
-    while server.in_progress and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.in_progress == 0
+    assert wait_until(lambda: server.in_progress == 0)
 
 
 def test_pipelined_requests_are_answered_in_order(server):
@@ -215,18 +214,18 @@ def test_latency_is_added_to_successes_only():
         assert time.monotonic() - t0 >= 0.19
         t0 = time.monotonic()
         assert chat(c, "fake/status-500")[0].status == 500
-        assert time.monotonic() - t0 < 0.15
+        assert time.monotonic() - t0 < bound(0.15)
 
 
 def test_stop_closes_open_connections_and_joins_the_thread():
     srv = FakeOpenRouter().start()
     s = socket.create_connection(("127.0.0.1", srv.port))
     s.sendall(raw_request(json.dumps({"model": "fake/stall", "messages": []}).encode()))
-    time.sleep(0.1)
+    assert wait_until(lambda: srv.in_progress == 1)
     thread = srv._thread
     t0 = time.monotonic()
     srv.stop()
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < bound(2)
     assert not thread.is_alive()
     assert read_all(s, 2) == b""
     with pytest.raises(OSError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from helpers import arun, bounded, uniq
+from helpers import arun, bound, bounded, uniq
 from openrouter_direct._check import INVALID_MODEL
 
 LIVE_KEY = os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENROUTER_API_KEY")
@@ -108,7 +108,8 @@ def test_five_concurrent_calls(od, target):
     assert len(replies) == 5 and all(r.strip() for r in replies), replies
     if target.local:
         assert replies == ["echo: " + p for p in prompts]
-        assert target.server.max_concurrent == 5 and wall < 0.8
+        # overlapped: five 200 ms replies in well under 5 x 200 ms
+        assert target.server.max_concurrent == 5 and wall < bound(0.8)
     else:
         assert all(str(i) in r for i, r in enumerate(replies)), replies
 

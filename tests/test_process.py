@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from helpers import run_py
+from helpers import bound, run_py
 
 
 def test_child_after_fork_can_call_at_once_and_parent_keeps_working(server):
@@ -47,7 +47,12 @@ def parent_calls():
     results["parent"] = asyncio.run(main())
 t = threading.Thread(target=parent_calls, daemon=True)
 t.start()
-time.sleep(0.15)                     # the eight calls are on the wire now
+def wait_in_flight(n):  # the calls are on the wire
+    deadline = time.monotonic() + 20
+    while od.stats()["in_flight"] < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert od.stats()["in_flight"] >= n, od.stats()
+wait_in_flight(8)
 pid = os.fork()
 if pid == 0:
     try:
@@ -111,19 +116,26 @@ def runner():
     asyncio.run(main())
 threading.Thread(target=runner, daemon=DAEMON).start()
 import time
-time.sleep(0.5)
+def wait_in_flight(n):  # the calls are on the wire
+    deadline = time.monotonic() + 20
+    while od.stats()["in_flight"] < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert od.stats()["in_flight"] >= n, od.stats()
+wait_in_flight(10)                   # the cap's worth, the rest queued
 print("main done", flush=True)
 '''
 
 
-@pytest.mark.parametrize("daemon", [True, False], ids=["daemon", "non_daemon"])
+# Daemon threads only: Python waits for non-daemon threads, and so do their calls
+# (test_c_review.py::test_non_daemon_threads_finish_their_calls_at_interpreter_exit).
+@pytest.mark.parametrize("daemon", [True], ids=["daemon"])
 def test_interpreter_exits_promptly_with_async_calls_stalled(server, daemon):
     t0 = time.monotonic()
     proc = run_py(EXIT_ASYNC.replace("DAEMON", str(daemon)), timeout=30)
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr
     assert "main done" in proc.stdout
-    assert elapsed < 6, elapsed
+    assert elapsed < bound(6), elapsed
     assert "Fatal Python error" not in proc.stderr
     assert server.attempts_for("exit-async-") >= 1  # calls really were on the wire
 
@@ -134,19 +146,26 @@ def runner():
     od.run_openrouter("fake/stall", "exit-sync")
 threading.Thread(target=runner, daemon=DAEMON).start()
 import time
-time.sleep(0.5)
+def wait_in_flight(n):  # the calls are on the wire
+    deadline = time.monotonic() + 20
+    while od.stats()["in_flight"] < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert od.stats()["in_flight"] >= n, od.stats()
+wait_in_flight(1)
 print("main done", flush=True)
 '''
 
 
-@pytest.mark.parametrize("daemon", [False, True], ids=["non_daemon", "daemon"])
+# Daemon threads only: Python waits for non-daemon threads, and so do their calls
+# (test_c_review.py::test_non_daemon_threads_finish_their_calls_at_interpreter_exit).
+@pytest.mark.parametrize("daemon", [True], ids=["daemon"])
 def test_interpreter_exits_promptly_with_sync_call_stalled(server, daemon):
     t0 = time.monotonic()
     proc = run_py(EXIT_SYNC.replace("DAEMON", str(daemon)), timeout=30)
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr
     assert "main done" in proc.stdout
-    assert elapsed < 6, elapsed
+    assert elapsed < bound(6), elapsed
     assert "Fatal Python error" not in proc.stderr
     assert server.attempts_for("exit-sync") == 1
 
@@ -163,7 +182,7 @@ assert len(asyncio.run(main())) == 30
     proc = run_py(code, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < bound(5)
 
 
 def test_import_is_fast_and_starts_no_threads(server):
@@ -176,21 +195,27 @@ print(time.perf_counter() - t0, threading.active_count())
     proc = run_py(code, timeout=30)
     assert proc.returncode == 0, proc.stderr
     seconds, threads = proc.stdout.split()
-    assert float(seconds) < 0.5
+    assert float(seconds) < bound(0.5)
     assert int(threads) == 1
 
 
 def test_ctrl_c_interrupts_a_blocked_sync_call(server):
     code = r'''
 import os, signal, threading, time, openrouter_direct as od
-threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+def interrupt_once_on_the_wire():
+    while od.stats()["in_flight"] < 1:
+        time.sleep(0.005)
+    os.kill(os.getpid(), signal.SIGINT)
+    t0_box.append(time.monotonic())
+t0_box = []
+threading.Thread(target=interrupt_once_on_the_wire, daemon=True).start()
 t0 = time.monotonic()
 try:
     od.run_openrouter("fake/stall", "ctrl-c", timeout=20)
     print("returned")
 except KeyboardInterrupt:
-    print("interrupted %.2f" % (time.monotonic() - t0))
-deadline = time.monotonic() + 1
+    print("interrupted %.2f" % (time.monotonic() - t0_box[0]))  # from the signal
+deadline = time.monotonic() + 20
 while od.stats()["in_flight"] and time.monotonic() < deadline:
     time.sleep(0.01)
 print("in_flight", od.stats()["in_flight"])
@@ -199,7 +224,7 @@ print("in_flight", od.stats()["in_flight"])
     assert proc.returncode == 0, proc.stderr
     first, second = proc.stdout.splitlines()
     assert first.startswith("interrupted"), proc.stdout
-    assert float(first.split()[1]) < 1.0
+    assert float(first.split()[1]) < bound(1.0)
     assert second == "in_flight 0"
 
 
@@ -210,9 +235,14 @@ import asyncio, gc, time, openrouter_direct as od
 loop = asyncio.new_event_loop()
 tasks = [loop.create_task(od.run_openrouter_async("fake/slow-200", "closed-%d" % i))
          for i in range(5)]
-loop.run_until_complete(asyncio.sleep(0.05))
+async def on_the_wire():
+    while od.stats()["in_flight"] < 5:
+        await asyncio.sleep(0.002)
+loop.run_until_complete(asyncio.wait_for(on_the_wire(), 20))
 loop.close()
-time.sleep(0.5)                      # the five replies arrive after the close
+deadline = time.monotonic() + 20     # the five replies arrive after the close
+while (od.stats()["in_flight"] or od.stats()["queued"]) and time.monotonic() < deadline:
+    time.sleep(0.01)
 s = od.stats()
 assert s["in_flight"] == 0 and s["queued"] == 0, s
 del tasks

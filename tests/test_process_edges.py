@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import REPO, run_py
+from helpers import REPO, bound, run_py, wait_until
 
 
 def test_multiprocessing_fork_pool_while_parent_has_calls_in_flight(server):
@@ -35,7 +35,9 @@ def sync_call():
 threads = [threading.Thread(target=async_calls), threading.Thread(target=sync_call)]
 for t in threads:
     t.start()
-time.sleep(0.2)
+deadline = time.monotonic() + 20  # until the cap is full and calls wait behind it
+while not (od.stats()["in_flight"] == 4 and od.stats()["queued"] >= 1) and time.monotonic() < deadline:
+    time.sleep(0.005)
 busy = od.stats()
 assert busy["in_flight"] + busy["queued"] >= 4, busy
 
@@ -123,17 +125,19 @@ ts = [threading.Thread(target=async_runner, daemon=DAEMON)]
 ts += [threading.Thread(target=sync_runner, args=(i,), daemon=DAEMON) for i in range(2)]
 for t in ts:
     t.start()
-deadline = time.monotonic() + 5
+deadline = time.monotonic() + 20
 while time.monotonic() < deadline:
     s = od.stats()
     if s["in_flight"] == 2 and s["queued"] >= 6:
         break
-    time.sleep(0.02)
+    time.sleep(0.005)
 print("states", s["in_flight"], s["queued"], flush=True)
 '''
 
 
-@pytest.mark.parametrize("daemon", [True, False], ids=["daemon", "non_daemon"])
+# Daemon threads only: Python waits for non-daemon threads, and so do their calls
+# (test_c_review.py::test_non_daemon_threads_finish_their_calls_at_interpreter_exit).
+@pytest.mark.parametrize("daemon", [True], ids=["daemon"])
 def test_interpreter_exits_promptly_with_calls_queued_on_the_wire_and_backing_off(server,
                                                                                   daemon):
     t0 = time.monotonic()
@@ -142,7 +146,7 @@ def test_interpreter_exits_promptly_with_calls_queued_on_the_wire_and_backing_of
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("states 2 "), proc.stdout
     assert int(proc.stdout.split()[2]) >= 6, proc.stdout
-    assert elapsed < 6, elapsed
+    assert elapsed < bound(6), elapsed
     assert "Fatal Python error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
@@ -157,14 +161,14 @@ def spawn(code):
                             stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
 
 
-def interrupt_when_ready(proc, server, prompt, ready_attempts=1):
-    """Wait until the server has seen the call, then Ctrl-C the process; returns the
-    seconds from the signal to the process's exit and its output."""
-    deadline = time.monotonic() + 15
-    while server.attempts_for(prompt) < ready_attempts and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.attempts_for(prompt) >= ready_attempts, "the call never reached the server"
-    time.sleep(0.1)  # now blocked (on the wire, or in the backoff before a retry)
+def interrupt_when_ready(proc, server, prompt, ready_attempts=1, answered=False):
+    """Wait until the server has seen the call (and, with answered, has sent its reply: the
+    call then backs off before a retry), then Ctrl-C the process; returns the seconds from
+    the signal to the process's exit and its output."""
+    assert wait_until(lambda: server.attempts_for(prompt) >= ready_attempts), \
+        "the call never reached the server"
+    if answered:
+        assert wait_until(lambda: server.in_progress == 0)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     try:
@@ -183,7 +187,7 @@ try:
     print("returned")
 except KeyboardInterrupt:
     t0 = time.monotonic()
-    while (od.stats()["in_flight"] or od.stats()["queued"]) and time.monotonic() - t0 < 1:
+    while (od.stats()["in_flight"] or od.stats()["queued"]) and time.monotonic() - t0 < 20:
         time.sleep(0.01)
     s = od.stats()
     print("interrupted", s["in_flight"], s["queued"], s["cancelled"])
@@ -197,8 +201,9 @@ except KeyboardInterrupt:
 def test_ctrl_c_from_outside_interrupts_a_sync_call_in_the_main_thread(server, model):
     prompt = "ctrl-c-%s" % model.replace("/", "-")
     proc = spawn(CTRL_C_SYNC.replace("MODEL", repr(model)).replace("PROMPT", repr(prompt)))
-    elapsed, out, err = interrupt_when_ready(proc, server, prompt)
-    assert elapsed < 1.0, (elapsed, out, err)
+    elapsed, out, err = interrupt_when_ready(proc, server, prompt,
+                                             answered=model == "fake/retry-after-30")
+    assert elapsed < bound(1.0), (elapsed, out, err)
     lines = out.splitlines()
     assert lines and lines[0] == "interrupted 0 0 1", (out, err)
     assert lines[1] == "echo: after-ctrl-c"
@@ -216,7 +221,7 @@ try:
     asyncio.run(main())
 except KeyboardInterrupt:
     t0 = time.monotonic()
-    while (od.stats()["in_flight"] or od.stats()["queued"]) and time.monotonic() - t0 < 1:
+    while (od.stats()["in_flight"] or od.stats()["queued"]) and time.monotonic() - t0 < 20:
         time.sleep(0.01)
     s = od.stats()
     print("interrupted", s["in_flight"], s["queued"], s["cancelled"])
@@ -225,6 +230,6 @@ except KeyboardInterrupt:
 '''
     proc = spawn(code)
     elapsed, out, err = interrupt_when_ready(proc, server, "ctrl-c-async-", ready_attempts=10)
-    assert elapsed < 1.5, (elapsed, out, err)
+    assert elapsed < bound(1.5), (elapsed, out, err)
     assert out.strip() == "interrupted 0 0 20", (out, err)
     assert proc.returncode == 0, err

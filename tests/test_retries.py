@@ -1,10 +1,20 @@
 """Which failures are retried, how often, and how long the engine waits."""
 
+import logging
 import time
 
 import pytest
 
-from helpers import arun, bounded, run_py, uniq
+from helpers import arun, bound, bounded, run_py, uniq
+
+
+def engine_attempts(caplog, model):
+    """The attempts the engine reports in the one failure line of a call to model."""
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "openrouter_direct" and r.levelno == logging.ERROR
+             and "(%s)" % model in r.getMessage()]
+    assert len(lines) == 1, lines
+    return int(lines[0].split(" failed after ")[1].split(" attempt")[0])
 
 RETRYABLE_MODES = ["503", "502", "500", "429", "408", "reset", "reset-midbody",
                    "truncated", "error200"]
@@ -51,15 +61,20 @@ def test_sync_call_retries_transient_failures(od, server):
 
 
 @pytest.mark.parametrize("mode", RETRYABLE_MODES)
-def test_num_retries_two_means_exactly_three_attempts(od, server, mode):
-    prompt = uniq()
-    out = arun(od.run_openrouter_async("fake/flaky-99-%s" % mode, prompt, num_retries=2))
+def test_num_retries_two_means_exactly_three_attempts(od, server, mode, caplog):
+    caplog.set_level(logging.ERROR, logger="openrouter_direct")
+    prompt, model = uniq(), "fake/flaky-99-%s" % mode
+    before = od.stats()["retries"]
+    out = arun(od.run_openrouter_async(model, prompt, num_retries=2))
     assert out == ""
+    assert engine_attempts(caplog, model) == 3  # the engine's own count, exactly
+    assert od.stats()["retries"] - before == 2
     if mode == "reset":
         # libcurl itself resends a request when a *reused* keep-alive connection
         # dies before any byte of the reply (up to 5 times per transfer,
         # CONN_MAX_RETRIES in Curl_retry_request), so the server may see up to six
-        # requests per engine attempt while idle connections last.
+        # requests per engine attempt while idle connections last: only the engine's
+        # count above is exact (tests/fault_server.py tells the resends apart).
         assert 3 <= server.attempts_for(prompt) <= 18
     else:
         assert server.attempts_for(prompt) == 3
@@ -107,17 +122,30 @@ def test_client_error_status_is_tried_once(od, server, status):
     assert server.attempts_for(prompt) == 1
 
 
-def test_connection_refused_is_retried(od, server):
+def test_connection_refused_is_retried(od, server, caplog):
     import socket
+    caplog.set_level(logging.DEBUG, logger="openrouter_direct")
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
+    model = "fake/refused-" + uniq()
+    before = od.stats()
     t0 = time.monotonic()
-    out = arun(od.run_openrouter_async("fake/echo", uniq(), num_retries=2,
+    out = arun(od.run_openrouter_async(model, uniq(), num_retries=2,
                                        api_base="http://127.0.0.1:%d/api/v1" % port))
     assert out == ""
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < bound(3)
+    assert engine_attempts(caplog, model) == 3
+    # one DEBUG line per attempt, none of which got an HTTP status
+    per_attempt = [r.getMessage() for r in caplog.records
+                   if r.levelno == logging.DEBUG and "model=%s " % model in r.getMessage()]
+    assert len(per_attempt) == 3, per_attempt
+    assert all("status=Couldn't connect to server" in m for m in per_attempt), per_attempt
+    after = od.stats()
+    assert after["retries"] - before["retries"] == 2
+    assert (after["failed_by_reason"].get("connection", 0)
+            - before["failed_by_reason"].get("connection", 0)) == 1
 
 
 def test_retry_resends_identical_body(od, server):
@@ -135,7 +163,7 @@ def test_retry_after_seconds_header_is_honoured(od, server, adaptive_off):
     reqs = server.requests_for(prompt)
     assert len(reqs) == 2
     assert reqs[1]["t"] - reqs[0]["t"] >= 0.9
-    assert elapsed < 5
+    assert elapsed < bound(5)
 
 
 def test_retry_after_ms_header_is_honoured(od, server, adaptive_off):
@@ -145,7 +173,7 @@ def test_retry_after_ms_header_is_honoured(od, server, adaptive_off):
     reqs = server.requests_for(prompt)
     assert len(reqs) == 2
     gap = reqs[1]["t"] - reqs[0]["t"]
-    assert 0.35 <= gap < 3
+    assert 0.35 <= gap < bound(3)
 
 
 def test_retry_after_zero_retries_at_once(od, server, adaptive_off):
@@ -153,19 +181,19 @@ def test_retry_after_zero_retries_at_once(od, server, adaptive_off):
     t0 = time.monotonic()
     out = arun(od.run_openrouter_async("fake/flaky-3-429", prompt, num_retries=3))
     assert out == "echo: " + prompt
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < bound(2)
 
 
 def test_no_wait_after_the_last_attempt_even_with_long_retry_after(od, server, adaptive_off):
     prompt = uniq()
     t0 = time.monotonic()
     assert arun(od.run_openrouter_async("fake/retry-after-120", prompt, num_retries=0)) == ""
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < bound(1.0)
     assert server.attempts_for(prompt) == 1
 
 
 def test_backoff_grows_from_base_delay_and_is_capped(server):
-    """Env read at engine start: run in a fresh interpreter."""
+    """Delays from the environment (read per call) with nothing else set: a fresh interpreter."""
     code = r'''
 import openrouter_direct as od, sys
 out = od.run_openrouter("fake/status-503", "BACKOFF-A", num_retries=3)
@@ -179,10 +207,11 @@ out = od.run_openrouter("fake/status-503", "BACKOFF-B", num_retries=3)
         ts = [r["t"] for r in server.requests_for(tag)]
         assert len(ts) == 4
         gaps = [b - a for a, b in zip(ts, ts[1:])]
-        # nominal 0.2, 0.3 (0.4 capped), 0.3 (0.8 capped); allow jitter down to 50 %
-        assert gaps[0] >= 0.09, gaps
-        assert sum(gaps) >= 0.35, gaps
-        assert max(gaps) <= 0.3 + 0.25, gaps
+        # nominal 0.2, 0.3 (0.4 capped), 0.3 (0.8 capped); jitter takes up to 25 % off each
+        # (openai-python's 1 - 0.25 * random()); the upper end allows for a loaded machine
+        assert gaps[0] >= 0.2 * 0.75 - 0.01, gaps
+        assert sum(gaps) >= 0.8 * 0.75 - 0.03, gaps
+        assert max(gaps) <= bound(0.3 + 0.25), gaps
 
 
 def test_small_retry_delay_env_keeps_retries_fast(od, server):
@@ -190,7 +219,7 @@ def test_small_retry_delay_env_keeps_retries_fast(od, server):
     t0 = time.monotonic()
     assert arun(od.run_openrouter_async("fake/status-503", prompt, num_retries=5)) == ""
     assert server.attempts_for(prompt) == 6
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < bound(1.5)
 
 
 def test_retry_after_http_date_is_honoured(od, server, adaptive_off):
@@ -201,4 +230,4 @@ def test_retry_after_http_date_is_honoured(od, server, adaptive_off):
     assert out == ""
     reqs = server.requests_for(prompt)
     assert len(reqs) == 2
-    assert 0.5 <= reqs[1]["t"] - reqs[0]["t"] < 3.5
+    assert 0.5 <= reqs[1]["t"] - reqs[0]["t"] < bound(3.5)

@@ -4,7 +4,7 @@ import asyncio
 import math
 
 
-from helpers import arun, await_until, run_py, uniq, wait_until
+from helpers import arun, await_until, bound, run_py, uniq, wait_until
 
 COUNTERS = ("calls", "succeeded", "failed", "cancelled", "retries", "prompt_tokens",
             "completion_tokens")
@@ -153,7 +153,7 @@ print(lat["p50"], lat["p95"], lat["p99"])
     assert proc.returncode == 0, proc.stderr
     p50, p95, p99 = map(float, proc.stdout.split())
     assert 0 <= p50 <= p95 <= p99
-    assert p50 < 150      # most calls are instant echoes
+    assert p50 < bound(150)  # most calls are instant echoes
     assert p99 >= 250     # the three 300 ms calls are the top 7 %
 
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from helpers import ForwardProxy, arun, run_py, uniq
+from helpers import ForwardProxy, arun, bound, run_py, uniq
 
 LOGGER = "openrouter_direct"
 
@@ -111,7 +111,7 @@ def test_connection_refused_fails_fast(od):
     t0 = time.monotonic()
     assert arun(od.run_openrouter_async("fake/echo", uniq(), num_retries=0,
                                         api_base="http://127.0.0.1:%d/api/v1" % port)) == ""
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < bound(1.0)
 
 
 def test_unresolvable_host_fails_without_hanging(od):
@@ -119,7 +119,7 @@ def test_unresolvable_host_fails_without_hanging(od):
     out = arun(od.run_openrouter_async("fake/echo", uniq(), num_retries=0, timeout=5,
                                        api_base="http://no-such-host.invalid/api/v1"))
     assert out == ""
-    assert time.monotonic() - t0 < 6
+    assert time.monotonic() - t0 < bound(6)
 
 
 # ---------------------------------------------------------------------- URLs
