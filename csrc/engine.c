@@ -267,22 +267,49 @@ static void pend_unlink(engine *e, ord_req *r)
 
 /* The governor of r's endpoint, made on first use; NULL when out of memory.
  * Only a hash of the key is kept. */
+#define GOVS_KEPT 32 /* past this many endpoints, idle ones are forgotten */
+
+/* Endpoints that no call holds any more go, when there are many (a process
+ * that cycles keys, or a test suite with a key per test); g_stats_mu held. */
+static void govs_forget_idle(engine *e)
+{
+    for (ord_gov **p = &e->govs; *p;) {
+        ord_gov *g = *p;
+        if (g->calls_live == 0) {
+            *p = g->next;
+            if (e->last_gov == g)
+                e->last_gov = NULL;
+            ord_gov_free(g);
+        } else {
+            p = &g->next;
+        }
+    }
+}
+
 static ord_gov *gov_for(engine *e, const ord_req *r)
 {
     uint64_t kh = ord_key_hash(r->secret);
     ord_gov *g = e->last_gov;
     if (g && g->key_hash == kh && strcmp(g->url, r->url) == 0)
         return g;
-    int same_url = 0;
-    ord_gov **tail = &e->govs;
-    for (g = e->govs; g; tail = &g->next, g = g->next) {
+    int key_no = 0, n = 0;
+    for (g = e->govs; g; g = g->next, n++) {
         if (strcmp(g->url, r->url) != 0)
             continue;
         if (g->key_hash == kh)
             return e->last_gov = g;
-        same_url++;
+        if (g->key_no > key_no)
+            key_no = g->key_no;
     }
-    g = ord_gov_new(r->url, kh, same_url + 1, ord_engine_get_limit());
+    if (n >= GOVS_KEPT) {
+        pthread_mutex_lock(&g_stats_mu);
+        govs_forget_idle(e);
+        pthread_mutex_unlock(&g_stats_mu);
+    }
+    ord_gov **tail = &e->govs;
+    while (*tail)
+        tail = &(*tail)->next;
+    g = ord_gov_new(r->url, kh, key_no + 1, ord_engine_get_limit());
     if (!g)
         return NULL;
     pthread_mutex_lock(&g_stats_mu);
@@ -591,6 +618,8 @@ static void release_buf(engine *e, ord_req *r)
 static void finish(engine *e, ord_req *r, ord_reason reason, const ord_usage *u, long http_status)
 {
     r->state = ORD_ST_DONE;
+    if (r->gov)
+        r->gov->calls_live--;
     r->reason = reason;
     release_buf(e, r);
     double ms = (double)(ord_now_ms() - r->t_submit_ms);
@@ -958,6 +987,7 @@ static void admit(engine *e, ord_req *r)
         finish(e, r, ORD_CONNECTION, NULL, 0);
         return;
     }
+    r->gov->calls_live++; /* until finish: a call in backoff still points at it */
     pend_push_back(e, r);
 }
 

@@ -235,6 +235,7 @@ typedef struct ord_gov {
     int key_no;                   /* 1 for the first key seen with this URL, 2 ... */
     ord_req *pend_head, *pend_tail; /* waiting for a slot (engine thread) */
     long n_pending, n_active;
+    long calls_live;              /* calls admitted and not finished: it may not go */
 
     /* control (engine thread only) */
     double limit;                 /* calls on the wire allowed now, 1..cap */

@@ -320,10 +320,11 @@ static void cut(ord_gov *g, int64_t now)
     double base = g->limit < admitted ? g->limit : admitted;
     /* What was in flight includes what a burst allowance let through; the
      * rate of successes over the last second, times a round trip, is what
-     * the endpoint sustains. Trusted only with enough successes to count. */
+     * the endpoint sustains. Trusted only with enough successes to count,
+     * and not in slow start, where the last second's rate lags the ramp. */
     ok_bins_advance(g, now);
     uint32_t ok = g->ok_bins[0] + g->ok_bins[1] + g->ok_bins[2] + g->ok_bins[3];
-    if (ok >= 8 && g->srtt_ms > 0) {
+    if (!g->slow_start && ok >= 8 && g->srtt_ms > 0) {
         double sustained = (double)ok * g->srtt_ms / 1000.0;
         if (sustained < base)
             base = sustained > base / 2 ? sustained : base / 2;

@@ -215,7 +215,7 @@ class Hooks(ctypes.Structure):
     _fields_ = [("malloc_fn", MALLOC), ("free_fn", FREE)]
 def error_calls(tag, n):
     for i in range(n):
-        assert od.run_openrouter("fake/status-429", "%s-%d" % (tag, i), num_retries=0) == ""
+        assert od.run_openrouter("fake/status-400", "%s-%d" % (tag, i), num_retries=0) == ""
     async def main():
         return await asyncio.gather(*(od.run_openrouter_async("fake/status-503", "%s-a%d" % (tag, i),
                                                               num_retries=1) for i in range(n)))
