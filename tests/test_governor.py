@@ -222,3 +222,14 @@ def test_no_call_lost_across_processes_sharing_one_limit(server):
     assert all(r["stats"]["failed"] == 0 and r["stats"]["retries"] == 0 for r in results)
     seen = statuses(server)
     assert seen.count(200) == 120 and seen.count(429) > 0
+
+
+def test_adaptive_env_off_keeps_the_fixed_cap(server):
+    code = ("import openrouter_direct as od\n"
+            "assert od.run_openrouter('m/x', 'fixed-cap') == 'echo: fixed-cap'\n"
+            "ep = list(od.stats()['endpoints'].values())[0]\n"
+            "print(od.configure()['adaptive'], ep['limit'])\n")
+    env = dict(os.environ, OPENROUTER_ADAPTIVE="0", OPENROUTER_MAX_CONCURRENT_CALLS="37")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.split() == ["False", "37"], out.stdout + out.stderr
