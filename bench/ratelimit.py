@@ -336,6 +336,7 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     clients = [c for c in args.clients.split(",") if c]
     rows, series = [], {}
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"   # no fetch from the network at import
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     for client in clients:

@@ -116,6 +116,7 @@ double ord_policy_rate_limit_wait(void) { return atomic_load(&g_rl_wait_s); }
  * (bench/ratelimit.py, docs/GOVERNOR.md). */
 #define GOV_BETA 0.9
 #define GOV_K_S 2.0
+#define GOV_AI 0.5          /* calls per round trip, at the least, after a cut */
 #define GOV_INITIAL 8       /* slow start begins here (or at the cap) */
 #define GOV_MIN_RTT_MS 20.0 /* a round trip is at least this, for the cut guard and pacing */
 
@@ -294,6 +295,11 @@ void ord_gov_succeeded(ord_gov *g, ord_req *r, int64_t now, long cap)
         double a = (1.0 - GOV_BETA) / (GOV_K_S * GOV_K_S * GOV_K_S);
         double target = g->w_max * (1.0 + a * t * t * t);
         inc = target > g->limit ? (target - g->limit) / g->limit : 0.0;
+        /* The cubic alone scales with each process's level, which keeps
+         * unequal shares unequal; the same additive step for everyone is
+         * what makes shares converge (AIMD; CUBIC's "TCP-friendly" floor). */
+        if (inc < GOV_AI / g->limit)
+            inc = GOV_AI / g->limit;
         if (inc > 1.0)
             inc = 1.0; /* at most doubling per round trip */
     }
