@@ -530,7 +530,8 @@ static void finish(engine *e, ord_req *r, ord_reason reason, const ord_usage *u,
 {
     r->state = ORD_ST_DONE;
     r->reason = reason;
-    release_buf(e, r);
+    if (!(r->raw && reason == ORD_OK)) /* a raw call's reply goes on with it (freed with r) */
+        release_buf(e, r);
     double ms = (double)(ord_now_ms() - r->t_submit_ms);
     pthread_mutex_lock(&g_stats_mu);
     count_status(http_status);

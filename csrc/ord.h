@@ -147,6 +147,8 @@ typedef struct ord_req {
     int strict, debug;
     int auto_mapped;              /* model was a bare OpenAI name given a prefix */
     int plain_http;               /* http:// to a host that is not loopback */
+    int raw;                      /* the caller wants the whole reply: buf is kept on success
+                                   * and delivered as bytes (strict mode implied) */
 
     /* engine state */
     int state;
@@ -241,6 +243,7 @@ uint64_t ord_next_seq(void);
 typedef struct {
     PyObject *model, *user_prompt, *system_prompt, *messages, *kwargs;
     long default_max_tokens;
+    int raw;                      /* 7th argument of submit/call: deliver the reply's bytes */
 } ord_call_args;
 
 /* Builds a request from the Python call. Returns NULL with a Python

@@ -1148,6 +1148,9 @@ ord_req *ord_build_request(const ord_call_args *a)
     }
     if (read_limits(r, &kv, &env) < 0)
         goto error;
+    r->raw = a->raw;
+    if (r->raw)
+        r->strict = 1; /* a raw call has no "" to return: failures raise */
     r->auto_mapped = auto_mapped;
     /* The key would cross the network in clear. */
     r->plain_http = strncasecmp(base, "http://", 7) == 0 && !is_loopback(base);
