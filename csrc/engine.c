@@ -1138,3 +1138,20 @@ void ord_engine_after_fork_child(void)
     ord_parse_after_fork_child();
     atomic_fetch_add(&ord_fork_generation, 1);
 }
+
+/* ---- the latency histogram, for metrics.c ---- */
+
+size_t ord_engine_hist_copy(uint32_t *out, size_t n)
+{
+    if (n > HIST_BUCKETS)
+        n = HIST_BUCKETS;
+    pthread_mutex_lock(&g_stats_mu);
+    memcpy(out, g_hist, n * sizeof *out);
+    pthread_mutex_unlock(&g_stats_mu);
+    return HIST_BUCKETS;
+}
+
+double ord_engine_hist_value(size_t b)
+{
+    return b == 0 ? HIST_MIN_MS : HIST_MIN_MS * pow(HIST_BASE, (double)b - 0.5);
+}

@@ -8,6 +8,7 @@
  *               retries and backoff, cancellation (never touches Python).
  *   response.c  response body -> content / error, and the failure table (no GIL).
  *   deliver.c   completion channels: engine -> event loop or sync waiter, in batches.
+ *   metrics.c   the latency histogram as Python objects, for od.metrics() intervals.
  *
  * The rule that keeps it correct: a struct ord_req never points at a Python
  * object. Python references live only in structures touched with the GIL held
@@ -238,6 +239,15 @@ void ord_engine_count_immediate(ord_req *r);  /* a call that failed before the e
 void ord_engine_after_fork_child(void);
 int64_t ord_now_ms(void);
 uint64_t ord_next_seq(void);
+/* The latency histogram (every finished, not cancelled call): copies up to n
+ * bucket counts into out and returns the number of buckets; a bucket's
+ * value in ms is ord_engine_hist_value(b) (its geometric middle). */
+size_t ord_engine_hist_copy(uint32_t *out, size_t n);
+double ord_engine_hist_value(size_t b);
+
+/* ---- metrics.c (GIL held): the histogram for od.metrics() */
+PyObject *ord_mod_latency_histogram(PyObject *module, PyObject *ignored);
+PyObject *ord_mod_latency_buckets(PyObject *module, PyObject *ignored);
 
 /* ---- request.c (GIL held) */
 typedef struct {

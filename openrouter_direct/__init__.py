@@ -6,7 +6,7 @@ libcurl does the HTTP and cJSON the JSON in a native engine thread with the GIL 
 """
 
 from ._api import (call_openrouter, call_openrouter_async, call_openrouter_async_raw,
-                   call_openrouter_raw, configure, run_openrouter, run_openrouter_async,
+                   call_openrouter_raw, configure, metrics, run_openrouter, run_openrouter_async,
                    run_openrouter_async_raw, run_openrouter_raw, stats)
 from ._response import ChatObject, ChatResponse
 from .errors import (APIConnectionError, APIStatusError, APITimeoutError, AuthenticationError,
@@ -18,6 +18,6 @@ __all__ = [
     "run_openrouter_async", "run_openrouter", "call_openrouter_async", "call_openrouter",
     "run_openrouter_async_raw", "run_openrouter_raw", "call_openrouter_async_raw",
     "call_openrouter_raw", "ChatResponse", "ChatObject",
-    "stats", "configure", "OpenRouterError", "APIStatusError", "AuthenticationError",
+    "stats", "metrics", "configure", "OpenRouterError", "APIStatusError", "AuthenticationError",
     "RateLimitError", "APIConnectionError", "APITimeoutError", "__version__",
 ]

@@ -124,6 +124,16 @@ def stats() -> dict[str, Any]:
     return (_native or _load()).stats()
 
 
+def metrics(prefix: str = "openrouter/") -> dict[str, float]:
+    """What changed since the last ``metrics()`` read, as a flat dict of numbers for
+    ``wandb.log``: calls, succeeded, failed, ``failed/<reason>``, cancelled, retries,
+    rate_limited (attempts answered 429), cost, prompt/completion/total tokens, p50/p95 latency
+    (ms) of the calls finished in the interval, and the in_flight / queued gauges; every key
+    starts with ``prefix``."""
+    from ._metrics import metrics as read
+    return read(_native or _load(), prefix)
+
+
 def configure(*, max_concurrent_calls: int | None = None) -> dict[str, Any]:
     """Change process-wide settings at run time; returns the settings now in force.
 
