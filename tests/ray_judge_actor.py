@@ -37,9 +37,12 @@ class JudgeActor:
             self.ticks += 1
             await asyncio.sleep(0)
 
-    async def _judge(self, prompts, model, kwargs):
+    async def _judge(self, prompts, model, kwargs, text=False):
         import openrouter_direct as od
         loop_thread = threading.get_ident()
+
+        async def one_text(p):   # the text call, for comparison (usage not returned)
+            return (await od.run_openrouter_async(model, p, **kwargs), 0, 0)
 
         async def one(p):
             r = await od.run_openrouter_async_raw(
@@ -47,30 +50,28 @@ class JudgeActor:
             assert threading.get_ident() == loop_thread
             return (r.choices[0].message.content, r.usage.prompt_tokens,
                     r.usage.completion_tokens)
-        return await asyncio.gather(*(one(p) for p in prompts))
+        return await asyncio.gather(*((one_text if text else one)(p) for p in prompts))
 
-    async def _loop_cpu(self):
-        return time.thread_time()
+    async def _snapshot(self):
+        """Read on the loop thread, between two steps of the busy coroutine: consistent."""
+        return time.thread_time(), self.busy_cpu, self.ticks, time.perf_counter()
 
-    def judge(self, prompts, model="fake/echo", kwargs=None, timeout=120):
+    def judge(self, prompts, model="fake/echo", kwargs=None, timeout=120, text=False):
         """Judge ``prompts`` on the actor's loop; returns (replies, ticks meanwhile, loop-thread
         CPU meanwhile outside the busy coroutine, wall seconds)."""
         run = asyncio.run_coroutine_threadsafe
-        cpu0 = run(self._loop_cpu(), self.loop).result(timeout)
-        ticks0, busy0, t0 = self.ticks, self.busy_cpu, time.perf_counter()
-        replies = run(self._judge(prompts, model, kwargs or {}), self.loop).result(timeout)
-        wall = time.perf_counter() - t0
-        cpu1 = run(self._loop_cpu(), self.loop).result(timeout)
-        return replies, self.ticks - ticks0, (cpu1 - cpu0) - (self.busy_cpu - busy0), wall
+        cpu0, busy0, ticks0, t0 = run(self._snapshot(), self.loop).result(timeout)
+        replies = run(self._judge(prompts, model, kwargs or {}, text), self.loop).result(timeout)
+        cpu1, busy1, ticks1, t1 = run(self._snapshot(), self.loop).result(timeout)
+        return replies, ticks1 - ticks0, (cpu1 - cpu0) - (busy1 - busy0), t1 - t0
 
     def idle(self, seconds):
         """The same figures over ``seconds`` with no judge call: the loop's own overhead."""
         run = asyncio.run_coroutine_threadsafe
-        cpu0 = run(self._loop_cpu(), self.loop).result(10)
-        ticks0, busy0 = self.ticks, self.busy_cpu
+        cpu0, busy0, ticks0, t0 = run(self._snapshot(), self.loop).result(10)
         time.sleep(seconds)
-        cpu1 = run(self._loop_cpu(), self.loop).result(10)
-        return self.ticks - ticks0, (cpu1 - cpu0) - (self.busy_cpu - busy0)
+        cpu1, busy1, ticks1, t1 = run(self._snapshot(), self.loop).result(10)
+        return (ticks1 - ticks0) / (t1 - t0), (cpu1 - cpu0) - (busy1 - busy0)
 
     def stats(self):
         import openrouter_direct as od
