@@ -1,15 +1,16 @@
 """The engine's cost to a Ray actor's own asyncio loop, on the bench nginx (plain HTTP).
 
-    .venv/bin/python bench/ray_loop.py [--actors 2] [--calls 16384] [--batch 1024]   (needs ray, nginx)
+    .venv/bin/python bench/ray_loop.py [--actors 2] [--calls 16384] [--batch 1024] [--text]
 
-Each actor (tests/ray_judge_actor.py: a dedicated loop thread running a busy coroutine that spins
-200 us per tick, as generation would keep the loop of a vLLM actor busy) first idles for 2 s, then
-awaits ``--calls`` raw judge calls on its loop (LMJudgeVerifier's shape), ``--batch`` gathered at
-a time. The loop thread's CPU and the busy coroutine's share of it are read together on the loop
-thread, so the difference is exact up to one tick. Reported per actor: judge calls/s, the loop thread's CPU per call spent outside the busy
-coroutine (the engine's and asyncio's share: submitting, waking, resolving, building the response
-object), and the busy coroutine's tick rate while judging as a share of its idle rate. Every reply
-is checked against the canned content.
+Needs ray and nginx. Each actor (tests/ray_judge_actor.py: a dedicated loop thread running a busy
+coroutine that spins 200 us per tick, as generation would keep the loop of a vLLM actor busy)
+first idles for 2 s, then awaits ``--calls`` raw judge calls on its loop (LMJudgeVerifier's
+shape; ``--text``: run_openrouter_async instead), ``--batch`` gathered at a time. Reported per
+actor: judge calls/s, the loop thread's CPU per call spent outside the busy coroutine (the
+engine's and asyncio's share: submitting, waking, resolving, building the response object), and
+the busy coroutine's tick rate while judging as a share of its idle rate. The loop thread's CPU
+and the busy coroutine's share of it are read together on the loop thread, so the difference is
+exact up to one tick. Every reply is checked against the canned content.
 """
 
 import argparse
@@ -70,8 +71,10 @@ def main():
         print(f"actor {i}: {calls} calls in {wall:.2f} s ({calls / wall:,.0f}/s); loop thread "
               f"{us[-1]:.1f} us/call outside the busy coroutine; busy coroutine at "
               f"{kept[-1]:.0%} of its idle tick rate ({busy_rate:,.0f} vs {idle_rate:,.0f}/s)")
-    print(f"{'text' if a.text else 'raw'} calls, median over {len(us)} actors: {statistics.median(us):.1f} us of loop-thread CPU per "
-          f"judge call; busy coroutine kept {statistics.median(kept):.0%} of its rate")
+    kind = "text" if a.text else "raw"
+    print(f"{kind} calls, median over {len(us)} actors: {statistics.median(us):.1f} us of "
+          f"loop-thread CPU per judge call; busy coroutine kept {statistics.median(kept):.0%} "
+          "of its rate")
 
 
 if __name__ == "__main__":
