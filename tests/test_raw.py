@@ -201,3 +201,15 @@ def test_many_concurrent_raw_calls_each_get_their_own_reply(od, server):
                                       for p in prompts))
     replies = arun(go())
     assert [r.choices[0].message.content for r in replies] == ["echo: " + p for p in prompts]
+
+
+def test_raw_reply_numbers_keep_their_json_types_and_digits(od, monkeypatch):
+    body = json.loads(json.dumps(FULL_REPLY))
+    body["created"] = 2 ** 60 + 1
+    body["usage"]["cost"] = 0.0
+    with FixedReplyServer(200, json.dumps(body).encode()) as srv:
+        monkeypatch.setenv("OPENAI_API_BASE", srv.base_url)
+        r = arun(od.run_openrouter_async_raw("openai/gpt-4.1", uniq()))
+    assert r.created == 2 ** 60 + 1 and type(r.created) is int
+    assert r.usage.cost == 0.0 and type(r.usage.cost) is float
+    assert type(r.usage.prompt_tokens) is int
