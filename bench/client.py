@@ -76,6 +76,14 @@ class OpenRouterDirect:
                                       "retries", "http_status")}
 
 
+class OpenRouterDirectRaw(OpenRouterDirect):
+    """The raw call as LMJudgeVerifier reads it: the response object, then its content."""
+
+    async def call(self):
+        r = await self.od.run_openrouter_async_raw(MODEL, USER_PROMPT, SYSTEM_PROMPT)
+        return r.choices[0].message.content
+
+
 class AioHTTP:
     library = "aiohttp"
 
@@ -214,6 +222,7 @@ ASYNC_CLIENTS = {
     "no-client": NoClient,
     "openrouter_direct": OpenRouterDirect,
     "od-gather": OpenRouterDirect,
+    "od-raw": OpenRouterDirectRaw,
     "aiohttp": AioHTTP,
     "httpx": HTTPX,
     "httpx-per-call": HTTPXPerCall,

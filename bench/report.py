@@ -18,6 +18,7 @@ LABELS = {
     "no-client": "baseline: no HTTP client (the offering loop alone)",
     "openrouter_direct": "**openrouter_direct**",
     "od-gather": "openrouter_direct, gather all (≤ 20,000 per round, native cap)",
+    "od-raw": "openrouter_direct, raw call (`run_openrouter_async_raw`, reads `.choices[0].message.content`)",
     "pycurl": "pycurl multi from Python, no asyncio",
     "pycurl-h1": "pycurl multi, HTTP/1.1 over TLS",
     "aiohttp": "aiohttp, one session",
@@ -28,11 +29,12 @@ LABELS = {
     "litellm": "LiteLLM `acompletion`",
 }
 SHORT = {"no-client": "baseline: no client", "openrouter_direct": "openrouter_direct",
-         "od-gather": "od, gather all",
+         "od-gather": "od, gather all", "od-raw": "od, raw call",
          "pycurl": "pycurl multi", "pycurl-h1": "pycurl multi h1.1", "aiohttp": "aiohttp",
          "httpx": "httpx", "httpx-per-call": "httpx per call", "openai": "openai",
          "curl_cffi": "curl_cffi", "litellm": "LiteLLM", "wrk": "wrk"}
 LIB = {"openrouter_direct": "openrouter_direct", "od-gather": "openrouter_direct",
+       "od-raw": "openrouter_direct",
        "pycurl": "pycurl", "pycurl-h1": "pycurl", "aiohttp": "aiohttp", "httpx": "httpx",
        "httpx-per-call": "httpx", "openai": "openai", "curl_cffi": "curl_cffi",
        "litellm": "litellm"}
@@ -81,6 +83,9 @@ def targets(results):
         v = _div(g(OD, proto, "calls_per_s"), g("pycurl", proto, "calls_per_s"))
         add(f"calls/s ≥ {want:.0%} of pycurl multi's ({'plain' if proto == 'plain' else 'TLS, same h2 settings'})",
             v, "—" if v is None else f"{v:.0%}", lambda x, w=want: x >= w)
+    v = _div(g("od-raw", "plain", "cpu_us_per_call"), g(OD, "plain", "cpu_us_per_call"))
+    add("raw call: CPU per call ≤ 1.5× the text call's (plain)", v, fmt_ratio(v),
+        lambda x: x <= 1.5)
     t = results["trainer"].get(OD)
     v = t["completed_per_s"] if ok(t) else None
     add("busy trainer: ≥ 950 calls/s completed of 1,000 offered", v,
@@ -171,7 +176,7 @@ def throughput_table(results):
         ut = tl["cpu_us_per_call"] if ok(tl) else None
         conns = f"{_conns(pl)} / {_conns(tl)}"
         imp = imports.get(LIB[name])
-        imp_s = f"{imp['fresh_ms']:.0f}" if imp and name != "od-gather" else "—"
+        imp_s = f"{imp['fresh_ms']:.0f}" if imp and name not in ("od-gather", "od-raw") else "—"
         if imp and name == OD:
             imp_s = f"{imp['fresh_ms']:.1f}"
         rss = _rss_mb(results, name)

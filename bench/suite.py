@@ -47,6 +47,7 @@ OUT = os.path.join(HERE, "out")
 THROUGHPUT = [
     ("openrouter_direct", "openrouter_direct"),
     ("od-gather", "openrouter_direct"),
+    ("od-raw", "openrouter_direct"),
     ("pycurl", "pycurl"),
     ("pycurl-h1", "pycurl"),
     ("aiohttp", "aiohttp"),

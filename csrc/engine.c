@@ -621,7 +621,8 @@ static void finish(engine *e, ord_req *r, ord_reason reason, const ord_usage *u,
     if (r->gov)
         r->gov->calls_live--;
     r->reason = reason;
-    release_buf(e, r);
+    if (!(r->raw && reason == ORD_OK)) /* a raw call's reply goes on with it (freed with r) */
+        release_buf(e, r);
     double ms = (double)(ord_now_ms() - r->t_submit_ms);
     pthread_mutex_lock(&g_stats_mu);
     count_status(http_status);
@@ -1368,4 +1369,21 @@ void ord_engine_after_fork_child(void)
     memset(&g_stats, 0, sizeof g_stats);
     memset(g_hist, 0, sizeof g_hist);
     atomic_fetch_add(&ord_fork_generation, 1);
+}
+
+/* ---- the latency histogram, for metrics.c ---- */
+
+size_t ord_engine_hist_copy(uint32_t *out, size_t n)
+{
+    if (n > HIST_BUCKETS)
+        n = HIST_BUCKETS;
+    pthread_mutex_lock(&g_stats_mu);
+    memcpy(out, g_hist, n * sizeof *out);
+    pthread_mutex_unlock(&g_stats_mu);
+    return HIST_BUCKETS;
+}
+
+double ord_engine_hist_value(size_t b)
+{
+    return b == 0 ? HIST_MIN_MS : HIST_MIN_MS * pow(HIST_BASE, (double)b - 0.5);
 }

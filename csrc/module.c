@@ -82,6 +82,8 @@ PyObject *ord_result_object(PyObject *module, ord_req *r, int *is_exception)
             PyErr_WriteUnraisable(st->attempt_hook);
         Py_XDECREF(res);
     }
+    if (r->reason == ORD_OK && r->raw) /* the engine kept the reply; _api.py reads it */
+        return PyBytes_FromStringAndSize(r->buf ? r->buf : "", r->buf ? (Py_ssize_t)r->buf_len : 0);
     if (r->reason == ORD_OK)
         return PyUnicode_DecodeUTF8(r->content ? r->content : "", (Py_ssize_t)r->content_len, "replace");
 
@@ -112,10 +114,13 @@ PyObject *ord_result_object(PyObject *module, ord_req *r, int *is_exception)
 
 static int parse_call_args(PyObject *const *args, Py_ssize_t nargs, ord_call_args *a)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "expected 6 arguments");
+    if (nargs != 6 && nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "expected 6 or 7 arguments");
         return -1;
     }
+    a->raw = 0;
+    if (nargs == 7 && (a->raw = PyObject_IsTrue(args[6])) < 0)
+        return -1;
     a->model = args[0];
     a->user_prompt = args[1];
     a->system_prompt = args[2];
@@ -592,12 +597,16 @@ static PyObject *mod_shutdown(PyObject *module, PyObject *Py_UNUSED(ignored))
 
 static PyMethodDef mod_methods[] = {
     {"submit", (PyCFunction)(void (*)(void))mod_submit, METH_FASTCALL,
-     "submit(model, user_prompt, system_prompt, messages, kwargs, default_max_tokens) -> (future, key)"},
+     "submit(model, user_prompt, system_prompt, messages, kwargs, default_max_tokens[, raw]) -> (future, key); raw: the reply as bytes, failures raise"},
     {"call", (PyCFunction)(void (*)(void))mod_call, METH_FASTCALL,
-     "call(model, user_prompt, system_prompt, messages, kwargs, default_max_tokens) -> str"},
+     "call(model, user_prompt, system_prompt, messages, kwargs, default_max_tokens[, raw]) -> str or bytes"},
     {"cancel", (PyCFunction)(void (*)(void))mod_cancel, METH_FASTCALL,
      "cancel(key[, fut]): abort the call of a cancelled task (fut: its future, to find it outside its loop)."},
     {"stats", mod_stats, METH_NOARGS, "Process-wide counters."},
+    {"latency_histogram", ord_mod_latency_histogram, METH_NOARGS,
+     "latency_histogram() -> tuple of bucket counts since start (see latency_buckets)."},
+    {"latency_buckets", ord_mod_latency_buckets, METH_NOARGS,
+     "latency_buckets() -> tuple of each bucket's latency in ms."},
     {"set_limit", mod_set_limit, METH_O, "set_limit(n or None) -> previous cap on calls on the wire."},
     {"set_hooks", mod_set_hooks, METH_VARARGS, "set_hooks(fail, attempt, debug_enabled, warn)."},
     {"set_governor", mod_set_governor, METH_VARARGS,

@@ -11,6 +11,7 @@
  *               cooldowns, rate-limit waits, the cost guard). No GIL.
  *   response.c  response body -> content / error (no GIL).
  *   deliver.c   completion channels: engine -> event loop or sync waiter, in batches.
+ *   metrics.c   the latency histogram as Python objects, for od.metrics() intervals.
  *
  * The rule that keeps it correct: a struct ord_req never points at a Python
  * object. Python references live only in structures touched with the GIL held
@@ -157,6 +158,8 @@ typedef struct ord_req {
     int strict, debug;
     int auto_mapped;              /* model was a bare OpenAI name given a prefix */
     int plain_http;               /* http:// to a host that is not loopback */
+    int raw;                      /* the caller wants the whole reply: buf is kept on success
+                                   * and delivered as bytes (strict mode implied) */
 
     /* engine state */
     int state;
@@ -329,11 +332,21 @@ void ord_engine_count_immediate(ord_req *r);  /* a call that failed before the e
 void ord_engine_after_fork_child(void);
 int64_t ord_now_ms(void);
 uint64_t ord_next_seq(void);
+/* The latency histogram (every finished, not cancelled call): copies up to n
+ * bucket counts into out and returns the number of buckets; a bucket's
+ * value in ms is ord_engine_hist_value(b) (its geometric middle). */
+size_t ord_engine_hist_copy(uint32_t *out, size_t n);
+double ord_engine_hist_value(size_t b);
+
+/* ---- metrics.c (GIL held): the histogram for od.metrics() */
+PyObject *ord_mod_latency_histogram(PyObject *module, PyObject *ignored);
+PyObject *ord_mod_latency_buckets(PyObject *module, PyObject *ignored);
 
 /* ---- request.c (GIL held) */
 typedef struct {
     PyObject *model, *user_prompt, *system_prompt, *messages, *kwargs;
     long default_max_tokens;
+    int raw;                      /* 7th argument of submit/call: deliver the reply's bytes */
 } ord_call_args;
 
 /* Builds a request from the Python call. Returns NULL with a Python

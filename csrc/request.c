@@ -552,6 +552,8 @@ static int build_headers(ord_req *r, const char *key, PyObject *extra, const cha
     } std[] = {
         {"HTTP-Referer", referer ? referer : "http://localhost:3000"},
         {"X-Title", title ? title : "DR-Tulu Training"},
+        /* OpenRouter's newer name for X-Title; both go out until the old one is dropped. */
+        {"X-OpenRouter-Title", title ? title : "DR-Tulu Training"},
         {"Content-Type", "application/json"},
         /* In the list rather than CURLOPT_USERAGENT, which libcurl formats
          * into a header line of its own on every transfer, byte by byte
@@ -976,6 +978,7 @@ static char *build_body(const ord_call_args *a, const char *model, PyObject *fal
         {"models", M_MODELS, NULL, NULL, 0},
     };
     const size_t n_fixed = sizeof fixed / sizeof fixed[0];
+    enum { M_FIXED_MAX_TOKENS = 3 }; /* fixed[]'s max_tokens entry */
     if (!fallbacks || PySequence_Fast_GET_SIZE(fallbacks) == 0)
         fixed[n_fixed - 1].dropped = 1;
 
@@ -989,6 +992,7 @@ static char *build_body(const ord_call_args *a, const char *model, PyObject *fal
     size_t n = n_fixed;
     PyObject *k, *v;
     Py_ssize_t pos = 0;
+    int completion_cap = 0; /* max_completion_tokens given, with any value */
     while (n_kw && PyDict_Next(a->kwargs, &pos, &k, &v)) {
         Py_ssize_t klen;
         const char *ks = PyUnicode_AsUTF8AndSize(k, &klen);
@@ -1005,6 +1009,8 @@ static char *build_body(const ord_call_args *a, const char *model, PyObject *fal
         size_t i = 0;
         while (i < n_fixed && strcmp(m[i].key, ks) != 0)
             i++;
+        if (strcmp(ks, "max_completion_tokens") == 0)
+            completion_cap = 1;
         if (i == n_fixed) {
             /* None means "not set", as in LiteLLM: it also removes a default. */
             if (v == Py_None)
@@ -1016,6 +1022,10 @@ static char *build_body(const ord_call_args *a, const char *model, PyObject *fal
         m[i].value = v == Py_None ? NULL : v;
         m[i].dropped = v == Py_None;
     }
+    /* open-instruct's _apply_async_chat_defaults: the default max_tokens only
+     * when the caller caps neither max_tokens nor max_completion_tokens. */
+    if (completion_cap && !m[M_FIXED_MAX_TOKENS].value)
+        m[M_FIXED_MAX_TOKENS].dropped = 1;
 
     /* Sized for the prompts (their ASCII length, plus room for escapes and
      * the rest): one allocation for a typical call. */
@@ -1178,6 +1188,9 @@ static ord_req *build_request(const ord_call_args *a)
     }
     if (read_limits(r, &kv, &env) < 0)
         goto error;
+    r->raw = a->raw;
+    if (r->raw)
+        r->strict = 1; /* a raw call has no "" to return: failures raise */
     r->auto_mapped = auto_mapped;
     /* The key would cross the network in clear. */
     r->plain_http = strncasecmp(base, "http://", 7) == 0 && !is_loopback(base);

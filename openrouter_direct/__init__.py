@@ -5,8 +5,10 @@ libcurl does the HTTP and cJSON the JSON in a native engine thread with the GIL 
 ``run_litellm``. See README.md.
 """
 
-from ._api import (call_openrouter, call_openrouter_async, configure, run_openrouter,
-                   run_openrouter_async, stats)
+from ._api import (call_openrouter, call_openrouter_async, call_openrouter_async_raw,
+                   call_openrouter_raw, configure, metrics, run_openrouter, run_openrouter_async,
+                   run_openrouter_async_raw, run_openrouter_raw, stats)
+from ._response import ChatObject, ChatResponse
 from .errors import (APIConnectionError, APIStatusError, APITimeoutError, AuthenticationError,
                      BudgetExceededError, OpenRouterError, RateLimitError)
 
@@ -14,7 +16,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "run_openrouter_async", "run_openrouter", "call_openrouter_async", "call_openrouter",
-    "stats", "configure", "OpenRouterError", "APIStatusError", "AuthenticationError",
+    "run_openrouter_async_raw", "run_openrouter_raw", "call_openrouter_async_raw",
+    "call_openrouter_raw", "ChatResponse", "ChatObject",
+    "stats", "metrics", "configure", "OpenRouterError", "APIStatusError", "AuthenticationError",
     "RateLimitError", "BudgetExceededError", "APIConnectionError", "APITimeoutError",
     "__version__",
 ]

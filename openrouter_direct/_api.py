@@ -13,6 +13,7 @@ import _thread
 import os
 
 from . import errors
+from ._response import ChatResponse, from_bytes as _from_bytes
 
 # Annotations below are never evaluated (postponed), so typing is not imported: it alone would
 # cost more than the whole import budget.
@@ -84,13 +85,51 @@ def run_openrouter(model_name: str, user_prompt: str | None = None,
     return _call(model_name, user_prompt, system_prompt, messages, chat_kwargs, 800)
 
 
+async def run_openrouter_async_raw(model_name: str, user_prompt: str | None = None,
+                                   system_prompt: str | None = None,
+                                   messages: list[dict[str, Any]] | None = None,
+                                   **chat_kwargs: Any) -> ChatResponse:
+    """Drop-in for open-instruct's ``run_litellm_async_raw``: the same request as
+    ``run_openrouter_async``, returning the whole reply as a ``ChatResponse`` (attribute and
+    mapping access, ``model_dump()``). Failures raise ``OpenRouterError`` subclasses, as in strict
+    mode; never returns None."""
+    fut, key = _submit(model_name, user_prompt, system_prompt, messages, chat_kwargs, 16384, True)
+    try:
+        raw = await fut
+    except BaseException:
+        _cancel(key, fut)
+        raise
+    return _from_bytes(raw)
+
+
+def run_openrouter_raw(model_name: str, user_prompt: str | None = None,
+                       system_prompt: str | None = None,
+                       messages: list[dict[str, Any]] | None = None,
+                       **chat_kwargs: Any) -> ChatResponse:
+    """The synchronous ``run_openrouter_async_raw`` (``run_openrouter``'s defaults)."""
+    return _from_bytes(_call(model_name, user_prompt, system_prompt, messages, chat_kwargs, 800,
+                             True))
+
+
 call_openrouter_async = run_openrouter_async
 call_openrouter = run_openrouter
+call_openrouter_async_raw = run_openrouter_async_raw
+call_openrouter_raw = run_openrouter_raw
 
 
 def stats() -> dict[str, Any]:
     """Process-wide counters since start (or since fork, in a child)."""
     return (_native or _load()).stats()
+
+
+def metrics(prefix: str = "openrouter/") -> dict[str, float]:
+    """What changed since the last ``metrics()`` read, as a flat dict of numbers for
+    ``wandb.log``: calls, succeeded, failed, ``failed/<reason>``, cancelled, retries,
+    rate_limited (attempts answered 429), cost, prompt/completion/total tokens, p50/p95 latency
+    (ms) of the calls finished in the interval, and the in_flight / queued gauges; every key
+    starts with ``prefix``."""
+    from ._metrics import metrics as read
+    return read(_native or _load(), prefix)
 
 
 def configure(*, max_concurrent_calls: int | None = None, max_cost: float | None = None,

@@ -1,16 +1,21 @@
-"""``python -m openrouter_direct patch-run-utils PATH``: switch DR-Tulu's LiteLLM calls over.
+"""``python -m openrouter_direct patch-run-utils PATH``: switch the LiteLLM judge helpers over.
 
-DR-Tulu's ``open_instruct/search_rewards/utils/run_utils.py`` defines ``run_litellm`` (sync) and
-``run_litellm_async``. This rewrites that file so that when ``USE_OPENROUTER_DIRECT`` is ``true``
-(any case, read at import, as run_utils reads it) both delegate to openrouter_direct, and logs
-"Using direct OpenRouter API calls instead of litellm" at INFO on run_utils' own logger; with any
-other value the LiteLLM functions stay exactly as written. Two shapes are handled:
+Two layouts define them: DR-Tulu's ``open_instruct/search_rewards/utils/run_utils.py``
+(``run_litellm`` and ``run_litellm_async``) and today's open-instruct
+``open_instruct/rubrics/run_utils.py`` (those two and ``run_litellm_async_raw``, which returns
+LiteLLM's response object). This rewrites the file so that when ``USE_OPENROUTER_DIRECT`` is
+``true`` (any case, read at import, as run_utils reads it) every helper it defines delegates to
+openrouter_direct, and logs "Using direct OpenRouter API calls instead of litellm" at INFO on
+run_utils' own logger; with any other value the LiteLLM functions stay exactly as written.
+Upstream imports LiteLLM lazily, inside the helpers, so a patched file run with the flag never
+imports it. Two shapes are handled:
 
-* no OpenRouter branch (DR-Tulu as published): a block goes in after the later of the two
-  functions; it rebinds both names through ``drop_in`` (below) and logs the line;
+* no OpenRouter branch (DR-Tulu as published, open-instruct): a block goes in after the last
+  helper; it rebinds each helper's name through ``drop_in`` (below) and logs the line;
 * a fork that already imports ``call_openrouter_async, call_openrouter`` from
   ``.openrouter_replacement`` (and has its own branch and log line): that import is swapped for
-  the same names from ``openrouter_direct``.
+  the same names from ``openrouter_direct`` (and a ``run_litellm_async_raw``, which the fork's
+  branch does not cover, gets a block of its own).
 
 Every change sits between two marker lines, with any line it replaced kept there as a ``# | ``
 comment, so a second run sees the markers and changes nothing, ``--check`` reports them and
@@ -33,7 +38,9 @@ from typing import Any, Callable
 START = "# >>> openrouter_direct patch-run-utils >>>"
 END = "# <<< openrouter_direct patch-run-utils <<<"
 WAS = "# | "
-FUNCTIONS = ("run_litellm", "run_litellm_async")
+FUNCTIONS = ("run_litellm", "run_litellm_async")          # both layouts define these
+OPTIONAL = ("run_litellm_async_raw",)                     # open-instruct's rubrics/run_utils.py
+HELPERS = FUNCTIONS + OPTIONAL
 FORK_MODULE = "openrouter_replacement"
 FORK_NAMES = {"call_openrouter", "call_openrouter_async", "run_openrouter",
               "run_openrouter_async"}
@@ -43,17 +50,21 @@ RELATIVE_CANDIDATES = (
     "open_instruct/search_rewards/utils/run_utils.py",
     "open-instruct/open_instruct/search_rewards/utils/run_utils.py",
     "rl/open-instruct/open_instruct/search_rewards/utils/run_utils.py",
+    "open_instruct/rubrics/run_utils.py",
+    "open-instruct/open_instruct/rubrics/run_utils.py",
 )
+_REBIND = re.compile(r"^\s*(\w+) = _openrouter_direct_drop_in\(")
 
 _OURS = ("model_name", "user_prompt", "system_prompt", "messages")
 
 
 # ------------------------------------------------------------------------- at run time
 
-def drop_in(original: Callable[..., Any]) -> Callable[..., Any]:
+def drop_in(original: Callable[..., Any], raw: bool = False) -> Callable[..., Any]:
     """The openrouter_direct function to call in place of ``original``.
 
-    ``run_openrouter_async`` for a coroutine function, else ``run_openrouter``. When
+    ``run_openrouter_async`` for a coroutine function, else ``run_openrouter``; with ``raw``,
+    ``run_openrouter_async_raw`` / ``run_openrouter_raw`` (the response object). When
     ``original``'s positional parameters are ours, in our order (DR-Tulu's ``model_name,
     user_prompt, system_prompt[, messages]``), that function itself is returned: no extra call
     per call. Another order (open-instruct's older ``model_name, system_prompt, user_prompt``)
@@ -61,7 +72,10 @@ def drop_in(original: Callable[..., Any]) -> Callable[..., Any]:
     from . import _api
 
     is_async = inspect.iscoroutinefunction(original)
-    target = _api.run_openrouter_async if is_async else _api.run_openrouter
+    if raw:
+        target = _api.run_openrouter_async_raw if is_async else _api.run_openrouter_raw
+    else:
+        target = _api.run_openrouter_async if is_async else _api.run_openrouter
     try:
         params = list(inspect.signature(original).parameters.values())
     except (TypeError, ValueError):
@@ -84,10 +98,10 @@ def drop_in(original: Callable[..., Any]) -> Callable[..., Any]:
         return kwargs
 
     if is_async:
-        async def delegate(*args: Any, **kwargs: Any) -> str:
+        async def delegate(*args: Any, **kwargs: Any) -> Any:
             return await target(**by_name(args, kwargs))
     else:
-        def delegate(*args: Any, **kwargs: Any) -> str:  # type: ignore[misc]
+        def delegate(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
             return target(**by_name(args, kwargs))
     return functools.update_wrapper(delegate, original)
 
@@ -131,7 +145,7 @@ def _shape(tree) -> tuple[str, list]:
 def _functions(tree, name: str) -> dict:
     import ast
     found = {n.name: n for n in tree.body
-             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name in FUNCTIONS}
+             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name in HELPERS}
     missing = [f for f in FUNCTIONS if f not in found]
     if missing:
         raise Refused(f"it does not define {' and '.join(missing)} at module level, so it is not "
@@ -148,20 +162,26 @@ def _logger_name(tree, before_line: int) -> str | None:
         if (isinstance(node, ast.Assign) and len(node.targets) == 1
                 and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Call)):
             func = node.value.func
-            if ((isinstance(func, ast.Attribute) and func.attr == "getLogger")
-                    or (isinstance(func, ast.Name) and func.id == "getLogger")):
+            # logging.getLogger(...), or open-instruct's logger_utils.setup_logger(__name__)
+            names = ("getLogger", "setup_logger")
+            if ((isinstance(func, ast.Attribute) and func.attr in names)
+                    or (isinstance(func, ast.Name) and func.id in names)):
                 return node.targets[0].id
     return None
 
 
-def _block(logger: str | None, nl: str) -> list[str]:
+def _block(logger: str | None, nl: str, names: list[str], log: bool = True) -> list[str]:
+    """The inserted block: rebinds each of ``names`` (helpers in HELPERS order) when the flag is
+    set; ``log``: also log INFO_LINE (not when the fork's own branch logs it)."""
     body = [
         START,
         "# Written by `python -m openrouter_direct patch-run-utils`; `--revert` takes it out.",
-        "# USE_OPENROUTER_DIRECT=true (any case, read at import) sends run_litellm and",
-        "# run_litellm_async through openrouter_direct; otherwise LiteLLM serves them as above.",
+        "# USE_OPENROUTER_DIRECT=true (any case, read at import) sends the helpers named below",
+        "# through openrouter_direct; otherwise LiteLLM serves them as defined above.",
         "import os as _openrouter_direct_os",
     ]
+    if not log:
+        logger = ""
     if logger is None:   # no module logger: log on one named after the module, as it would be
         body.append("import logging as _openrouter_direct_logging")
         log_call = "_openrouter_direct_logging.getLogger(__name__).info"
@@ -172,11 +192,13 @@ def _block(logger: str | None, nl: str) -> list[str]:
         'if _openrouter_direct_os.environ.get("USE_OPENROUTER_DIRECT", "false").lower() == "true":',
         "    from openrouter_direct.patch_run_utils import drop_in as _openrouter_direct_drop_in",
         "",
-        "    run_litellm = _openrouter_direct_drop_in(run_litellm)",
-        "    run_litellm_async = _openrouter_direct_drop_in(run_litellm_async)",
-        f'    {log_call}("{INFO_LINE}")',
-        END,
     ]
+    for name in names:
+        raw = ", raw=True" if name in OPTIONAL else ""
+        body.append(f"    {name} = _openrouter_direct_drop_in({name}{raw})")
+    if logger != "":
+        body.append(f'    {log_call}("{INFO_LINE}")')
+    body.append(END)
     return [nl, nl] + [line + nl for line in body]
 
 
@@ -216,12 +238,18 @@ def patch_text(text: str, name: str = "run_utils.py") -> tuple[str, str]:
     if lines and not lines[-1].endswith(("\n", "\r")):
         lines[-1] += nl
     shape, imports = _shape(tree)
+    after = max(f.end_lineno for f in funcs.values())
+    names = [f for f in HELPERS if f in funcs]
     if shape == "fork":
+        # The fork's own branch covers run_litellm and run_litellm_async; a raw helper, if the
+        # fork has one, is rebound by a block (inserted first: it lies below every import).
+        extra = [f for f in names if f in OPTIONAL]
+        if extra:
+            lines[after:after] = _block(None, nl, extra, log=False)
         for node in sorted(imports, key=lambda n: n.lineno, reverse=True):
             lines[node.lineno - 1: node.end_lineno] = _swap_import(lines, node, nl)
     else:
-        after = max(f.end_lineno for f in funcs.values())
-        lines[after:after] = _block(_logger_name(tree, after + 1), nl)
+        lines[after:after] = _block(_logger_name(tree, after + 1), nl, names)
     new = "".join(lines)
     if not text.endswith(("\n", "\r")):   # a file without a final newline stays so
         new = new[: -len(nl)]
@@ -229,6 +257,32 @@ def patch_text(text: str, name: str = "run_utils.py") -> tuple[str, str]:
     if revert_text(new) != text:
         raise Refused("the rewrite would not revert cleanly (please report this)")
     return new, shape
+
+
+def routed(text: str) -> list[str]:
+    """The helpers the marked changes route to openrouter_direct, in HELPERS order: those a block
+    rebinds, and run_litellm / run_litellm_async when a fork's import was swapped."""
+    names: set[str] = set()
+    inside = swapped = False
+    for line in _lines(text):
+        if line.strip() == START:
+            inside = True
+        elif line.strip() == END:
+            inside = False
+        elif inside:
+            m = _REBIND.match(line)
+            if m:
+                names.add(m.group(1))
+            elif line.strip().startswith(WAS.strip()):
+                swapped = True
+    if swapped:
+        names.update(FUNCTIONS)
+    return [f for f in HELPERS if f in names]
+
+
+def defined(text: str, name: str = "run_utils.py") -> list[str]:
+    """The helpers the file defines at module level, in HELPERS order (Refused: not a run_utils)."""
+    return [f for f in HELPERS if f in _functions(_parse(text, name), name)]
 
 
 def revert_text(text: str) -> str:
@@ -301,26 +355,41 @@ def resolve(path: str) -> str:
             candidate = os.path.join(path, rel)
             if os.path.isfile(candidate):
                 return candidate
-        raise Refused(f"{path} is a directory without {RELATIVE_CANDIDATES[0]}: give the path "
+        raise Refused(f"{path} is a directory without {RELATIVE_CANDIDATES[0]} or "
+                      f"{RELATIVE_CANDIDATES[3]}: give the path "
                       "of run_utils.py")
     if not os.path.isfile(path):
         raise Refused(f"{path} does not exist")
     return path
 
 
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+
 def patch_file(path: str) -> str:
     raw, text, encoding = _read(path)
+    upgrade = False
     if is_patched(text):
-        return f"{path} is already patched; nothing changed"
+        missing = [f for f in defined(text, path) if f not in routed(text)]
+        if not missing:
+            return f"{path} is already patched; nothing changed"
+        # Patched by an older openrouter_direct that knew fewer helpers: redo the patch.
+        text = revert_text(text)
+        upgrade = True
     new, shape = patch_text(text, path)
-    with open(path + ".orig", "wb") as f:
-        f.write(raw)
+    if not upgrade or not os.path.isfile(path + ".orig"):
+        with open(path + ".orig", "wb") as f:
+            f.write(raw)
     _write(path, _encode(new, encoding))
+    names = routed(new)
     if shape == "fork":
-        what = "its .openrouter_replacement import now resolves to openrouter_direct"
+        what = (f"its .openrouter_replacement import now resolves to openrouter_direct "
+                f"({_listed(names)} routed)")
     else:
-        what = "run_litellm and run_litellm_async delegate to openrouter_direct"
-    return (f"patched {path}: {what} when USE_OPENROUTER_DIRECT=true "
+        what = f"{_listed(names)} delegate to openrouter_direct"
+    again = " (re-patched: an older patch left some helpers on LiteLLM)" if upgrade else ""
+    return (f"patched {path}{again}: {what} when USE_OPENROUTER_DIRECT=true "
             f"(backup: {path}.orig; undo: --revert)")
 
 
@@ -351,28 +420,39 @@ def revert_file(path: str) -> str:
 
 
 def check_file(path: str) -> tuple[bool, str]:
+    """(every helper the file defines is routed, the report). The report names the helpers
+    routed to openrouter_direct with USE_OPENROUTER_DIRECT=true and those left on LiteLLM."""
     _raw, text, _enc = _read(path)
+    helpers = defined(text, path)
     if is_patched(text):
-        return True, f"{path}: patched (USE_OPENROUTER_DIRECT=true selects openrouter_direct)"
-    tree = _parse(text, path)
-    _functions(tree, path)
-    shape, _ = _shape(tree)
+        names = routed(text)
+        left = [f for f in helpers if f not in names]
+        msg = (f"{path}: patched; with USE_OPENROUTER_DIRECT=true openrouter_direct serves "
+               f"{_listed(names) or 'nothing'}")
+        if left:
+            return False, (msg + f"; NOT routed: {_listed(left)} (patched by an older "
+                           "openrouter_direct: run patch-run-utils again)")
+        return True, msg
+    shape, _ = _shape(_parse(text, path))
     extra = " (a fork's, importing .openrouter_replacement)" if shape == "fork" else ""
-    return False, f"{path}: not patched{extra}"
+    return False, f"{path}: not patched{extra}; LiteLLM serves {_listed(helpers)}"
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
     parser = argparse.ArgumentParser(
         prog="python -m openrouter_direct patch-run-utils",
-        description="Rewrite DR-Tulu's open_instruct/search_rewards/utils/run_utils.py so that "
-                    "run_litellm and run_litellm_async delegate to openrouter_direct when "
-                    "USE_OPENROUTER_DIRECT=true. Idempotent; keeps PATH.orig.")
+        description="Rewrite DR-Tulu's open_instruct/search_rewards/utils/run_utils.py or "
+                    "open-instruct's open_instruct/rubrics/run_utils.py so that every LiteLLM "
+                    "helper it defines (run_litellm, run_litellm_async, run_litellm_async_raw) "
+                    "delegates to openrouter_direct when USE_OPENROUTER_DIRECT=true. "
+                    "Idempotent; keeps PATH.orig.")
     parser.add_argument("path", metavar="PATH",
                         help="run_utils.py, or a DR-Tulu / open-instruct checkout")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true",
-                      help="report whether PATH is patched (exit 0: patched, 1: not)")
+                      help="report whether PATH is patched and which helpers are routed "
+                           "(exit 0: every helper routed, 1: not)")
     mode.add_argument("--revert", action="store_true", help="undo the patch")
     args = parser.parse_args(argv)
     try:

@@ -163,8 +163,29 @@ def fork_paths(base, r):
     assert box.get("out") == ["echo: fk-%d-%d" % (r, i) for i in range(4)], box
 
 
+async def raw_paths(base, r):
+    """The raw calls: the engine keeps the reply buffer and hands it over as bytes."""
+    resp = await od.run_openrouter_async_raw("fake/echo", "raw-%d" % r, api_base=base)
+    assert resp.choices[0].message.content == "echo: raw-%d" % r
+    await od.run_openrouter_async_raw("fake/big-100000", "raw-big", api_base=base)
+    for model in ("fake/flaky-1-503", "fake/status-429", "fake/garbage", "fake/reset"):
+        try:
+            await od.run_openrouter_async_raw(model, "raw-%s" % model, api_base=base,
+                                              num_retries=1)
+        except od.OpenRouterError:
+            pass
+    wire = asyncio.ensure_future(od.run_openrouter_async_raw("fake/stall", "raw-c",
+                                                             api_base=base))
+    await asyncio.sleep(0.05)
+    wire.cancel()
+    await asyncio.gather(wire, return_exceptions=True)
+    assert od.run_openrouter_raw("fake/echo", "raw-sync", api_base=base).usage.total_tokens > 0
+    od.metrics(prefix="leak/")
+
+
 def one_round(base, r):
     asyncio.run(async_paths(base, r))
+    asyncio.run(raw_paths(base, r))
     sync_paths(base, r)
     closed_loop(base, r)
 

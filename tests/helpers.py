@@ -193,3 +193,30 @@ class ForwardProxy(ThreadedServer):
     @property
     def agents(self):
         return self._srv.agents
+
+
+class _FixedReplyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        status, body = self.server.reply
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class FixedReplyServer(ThreadedServer):
+    """Answers every POST with ``reply`` = (status, body bytes); ``base_url`` ends in /api/v1."""
+
+    def __init__(self, status=200, body=b"{}"):
+        self._srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FixedReplyHandler)
+        self._srv.daemon_threads = True
+        self._srv.reply = (status, body)
+        super().__init__()
+        self.base_url = "http://127.0.0.1:%d/api/v1" % self.port

@@ -470,3 +470,158 @@ def test_cli_module_runs(tmp_path):
                           env=env, timeout=60, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert os.path.exists(tmp_path / "run_utils.py.orig")
+
+
+# ------------------------------------------------- today's open-instruct: rubrics/run_utils.py
+
+HELPERS3 = "run_litellm, run_litellm_async and run_litellm_async_raw"
+
+
+@pytest.fixture
+def open_instruct_pkg(monkeypatch):
+    """A stand-in for the ``open_instruct`` package the upstream file imports its logger from."""
+    top = types.ModuleType("open_instruct")
+    top.__path__ = []
+    lu = types.ModuleType("open_instruct.logger_utils")
+    lu.setup_logger = logging.getLogger
+    top.logger_utils = lu
+    monkeypatch.setitem(sys.modules, "open_instruct", top)
+    monkeypatch.setitem(sys.modules, "open_instruct.logger_utils", lu)
+
+
+def test_upstream_shape_routes_all_three_helpers_and_never_imports_litellm(
+        pkg, server, monkeypatch, caplog, open_instruct_pkg, od):
+    pkg.write(sample("run_utils_upstream"))
+    assert run(pkg.path) == 0
+    text = pkg.read().decode()
+    assert "run_litellm_async_raw = _openrouter_direct_drop_in(run_litellm_async_raw, raw=True)" \
+        in text
+    assert "    logger.info(" in text                        # upstream's own module logger
+    monkeypatch.setenv("USE_OPENROUTER_DIRECT", "true")
+    monkeypatch.delitem(sys.modules, "litellm", raising=False)
+    monkeypatch.setitem(sys.modules, "litellm", None)        # any import of it would now fail
+    caplog.set_level(logging.INFO)
+    mod = pkg.load()
+    assert info_lines(caplog, pkg.module_name) == [INFO]
+    assert mod.run_litellm is od.run_openrouter
+    assert mod.run_litellm_async is od.run_openrouter_async
+    assert mod.run_litellm_async_raw is od.run_openrouter_async_raw
+
+    # LMJudgeVerifier's call, then the rubric scorer's, then a positional sync call
+    p1, p2, p3 = uniq(), uniq(), uniq()
+    resp = arun(mod.run_litellm_async_raw(
+        model_name=MODEL, messages=[{"role": "user", "content": p1}], temperature=0.0,
+        max_completion_tokens=77, seed=1, timeout=60))
+    assert resp.choices[0].message.content == "echo: " + p1
+    assert resp.usage.prompt_tokens > 0 and resp.usage.completion_tokens > 0
+    assert arun(mod.run_litellm_async(model_name=MODEL, system_prompt="score it", user_prompt=p2,
+                                      temperature=0.0, max_tokens=2048, timeout=60)) \
+        == "echo: " + p2
+    assert mod.run_litellm(MODEL, p3, None) == "echo: " + p3
+    raw_body = server.requests_for(p1)[0]["body"]
+    assert raw_body["max_completion_tokens"] == 77 and "max_tokens" not in raw_body
+    assert raw_body["seed"] == 1
+    assert server.requests_for(p2)[0]["body"]["max_tokens"] == 2048
+    assert server.requests_for(p3)[0]["body"]["max_tokens"] == 800
+    assert sys.modules["litellm"] is None                    # nobody tried to import it
+
+
+def test_upstream_raw_helper_raises_typed_errors_when_routed(pkg, server, monkeypatch,
+                                                            open_instruct_pkg, od):
+    """LMJudgeVerifier retries on exceptions: the routed raw helper must raise, not return ""."""
+    pkg.write(sample("run_utils_upstream"))
+    assert run(pkg.path) == 0
+    monkeypatch.setenv("USE_OPENROUTER_DIRECT", "true")
+    mod = pkg.load()
+    with pytest.raises(od.RateLimitError):
+        arun(mod.run_litellm_async_raw("fake/status-429",
+                                       messages=[{"role": "user", "content": uniq()}],
+                                       num_retries=0))
+    assert arun(mod.run_litellm_async("fake/status-429", uniq(), num_retries=0)) == ""
+
+
+def test_upstream_shape_keeps_litellm_without_the_flag(pkg, litellm, server, monkeypatch,
+                                                       open_instruct_pkg):
+    pkg.write(sample("run_utils_upstream"))
+    assert run(pkg.path) == 0
+    monkeypatch.delenv("USE_OPENROUTER_DIRECT", raising=False)
+    mod = pkg.load()
+    p1, p2 = uniq(), uniq()
+    resp = arun(mod.run_litellm_async_raw(MODEL, messages=[{"role": "user", "content": p1}]))
+    assert resp.choices[0].message.content == "litellm: " + p1
+    assert arun(mod.run_litellm_async(MODEL, p2)) == "litellm: " + p2
+    assert [c["messages"][-1]["content"] for c in litellm.calls] == [p1, p2]
+    assert server.requests_for(p1) == []
+
+
+def test_check_lists_the_routed_helpers(pkg, capsys, open_instruct_pkg):
+    pkg.write(sample("run_utils_upstream"))
+    assert run("--check", pkg.path) == 1
+    out = capsys.readouterr().out
+    assert "not patched" in out and "LiteLLM serves " + HELPERS3 in out
+    assert run(pkg.path) == 0
+    assert HELPERS3 + " delegate to openrouter_direct" in capsys.readouterr().out
+    assert run("--check", pkg.path) == 0
+    assert "openrouter_direct serves " + HELPERS3 in capsys.readouterr().out
+    pkg.write(sample("run_utils_dr_tulu"))
+    assert run(pkg.path) == 0
+    capsys.readouterr()
+    assert run("--check", pkg.path) == 0
+    assert "serves run_litellm and run_litellm_async\n" in capsys.readouterr().out
+
+
+def test_a_patch_by_an_older_version_is_reported_and_redone(pkg, capsys, open_instruct_pkg):
+    """An older patch-run-utils rebound only two helpers: --check says the raw one is not routed,
+    and patching again adds it; --revert still gives back the original."""
+    original = sample("run_utils_upstream")
+    pkg.write(original)
+    assert run(pkg.path) == 0
+    old = pkg.read().replace(
+        b"    run_litellm_async_raw = _openrouter_direct_drop_in(run_litellm_async_raw, "
+        b"raw=True)\n", b"")
+    pkg.write(old)
+    capsys.readouterr()
+    assert run("--check", pkg.path) == 1
+    assert "NOT routed: run_litellm_async_raw" in capsys.readouterr().out
+    assert run(pkg.path) == 0
+    assert "re-patched" in capsys.readouterr().out
+    assert run("--check", pkg.path) == 0
+    assert run("--revert", pkg.path) == 0
+    assert pkg.read() == original
+
+
+def test_an_open_instruct_checkout_finds_rubrics_run_utils(tmp_path, capsys):
+    target = tmp_path / "open_instruct" / "rubrics"
+    target.mkdir(parents=True)
+    (target / "run_utils.py").write_bytes(sample("run_utils_upstream"))
+    assert run(str(tmp_path)) == 0
+    assert "run_litellm_async_raw" in capsys.readouterr().out
+    assert pru.START in (target / "run_utils.py").read_text()
+
+
+def test_drop_in_raw_returns_the_raw_functions(od):
+    async def run_litellm_async_raw(model_name, user_prompt=None, system_prompt=None,
+                                    messages=None, **kw): ...
+
+    def sync_raw(model_name, user_prompt=None, system_prompt=None, **kw): ...
+    assert pru.drop_in(run_litellm_async_raw, raw=True) is od.run_openrouter_async_raw
+    assert pru.drop_in(sync_raw, raw=True) is od.run_openrouter_raw
+
+
+def test_a_fork_with_a_raw_helper_gets_it_routed_too(pkg, litellm, server, monkeypatch, od):
+    """The fork's own branch covers the two text helpers; a raw one gets a block of its own."""
+    original = sample("run_utils_fork") + (
+        b"\n\nasync def run_litellm_async_raw(model_name, user_prompt=None, system_prompt=None,\n"
+        b"                                messages=None, **chat_kwargs):\n"
+        b"    return await litellm.acompletion(model=model_name, messages=messages, **chat_kwargs)\n")
+    pkg.write(original)
+    assert run(pkg.path) == 0
+    assert run("--check", pkg.path) == 0
+    monkeypatch.setenv("USE_OPENROUTER_DIRECT", "true")
+    mod = pkg.load()
+    assert mod.run_litellm_async_raw is od.run_openrouter_async_raw
+    p = uniq()
+    assert arun(mod.run_litellm_async(MODEL, p)) == "echo: " + p
+    assert litellm.calls == []
+    assert run("--revert", pkg.path) == 0
+    assert pkg.read() == original

@@ -55,6 +55,36 @@ def test_call_aliases_are_the_same_functions(od):
 
 
 @pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+def test_max_completion_tokens_replaces_the_default_max_tokens(od, server, sync):
+    """open-instruct's rule: the default max_tokens only when neither cap is given."""
+    prompt = uniq()
+    kw = dict(max_completion_tokens=77)
+    if sync:
+        bounded(od.run_openrouter, "fake/echo", prompt, **kw)
+    else:
+        arun(od.run_openrouter_async("fake/echo", prompt, **kw))
+    body = only_request(server, prompt)["body"]
+    assert body["max_completion_tokens"] == 77
+    assert "max_tokens" not in body
+    assert set(body) == DEFAULT_KEYS - {"max_tokens"} | {"max_completion_tokens"}
+
+
+def test_max_tokens_and_max_completion_tokens_both_given_are_both_sent(od, server):
+    prompt = uniq()
+    arun(od.run_openrouter_async("fake/echo", prompt, max_tokens=5, max_completion_tokens=6))
+    body = only_request(server, prompt)["body"]
+    assert (body["max_tokens"], body["max_completion_tokens"]) == (5, 6)
+
+
+def test_max_completion_tokens_none_still_drops_the_default(od, server):
+    """Upstream tests the key, not its value; None is then left out, as every None is."""
+    prompt = uniq()
+    arun(od.run_openrouter_async("fake/echo", prompt, max_completion_tokens=None))
+    body = only_request(server, prompt)["body"]
+    assert "max_tokens" not in body and "max_completion_tokens" not in body
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
 def test_sampling_kwargs_override_defaults(od, server, sync):
     prompt = uniq()
     kw = dict(temperature=0.7, top_p=0.5, max_tokens=33, frequency_penalty=0.25,
@@ -265,6 +295,7 @@ def test_default_headers_are_sent(od, server, api_key):
     assert h["authorization"] == "Bearer " + api_key
     assert h["http-referer"] == "http://localhost:3000"
     assert h["x-title"] == "DR-Tulu Training"
+    assert h["x-openrouter-title"] == "DR-Tulu Training"
     assert h["content-type"].split(";")[0].strip() == "application/json"
     assert int(h["content-length"]) == len(only_request(server, prompt)["raw"])
 
@@ -294,6 +325,7 @@ def test_referer_and_title_come_from_env(od, server, monkeypatch):
     h = only_request(server, prompt)["headers"]
     assert h["http-referer"] == "https://example.org/app"
     assert h["x-title"] == "My Title (v2)"
+    assert h["x-openrouter-title"] == "My Title (v2)"
 
 
 def test_extra_headers_are_added(od, server):

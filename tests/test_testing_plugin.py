@@ -5,7 +5,11 @@ point declared in pyproject.toml, ``-p``, ``pytest_plugins`` in a conftest.py)."
 import os
 import subprocess
 import sys
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:   # Python 3.10: the same parser, as a package (test extra)
+    import tomli as tomllib
 
 import pytest
 
