@@ -26,6 +26,7 @@ def test_metrics_count_only_the_interval(server):
     code = r'''
 import asyncio, json
 import openrouter_direct as od
+od.configure(adaptive=False)   # the 429 below spends its two retries, as the fixed cap has it
 
 async def calls(model, n, **kw):
     return await asyncio.gather(*(od.run_openrouter_async(model, "p%d" % i, **kw)

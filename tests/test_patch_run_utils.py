@@ -533,6 +533,7 @@ def test_upstream_raw_helper_raises_typed_errors_when_routed(pkg, server, monkey
     assert run(pkg.path) == 0
     monkeypatch.setenv("USE_OPENROUTER_DIRECT", "true")
     mod = pkg.load()
+    od.configure(rate_limit_wait=0.5)   # the governor waits a 429 out: keep that wait short
     with pytest.raises(od.RateLimitError):
         arun(mod.run_litellm_async_raw("fake/status-429",
                                        messages=[{"role": "user", "content": uniq()}],
