@@ -362,7 +362,9 @@ def main():
             rows.append(row)
             print(json.dumps(row), flush=True)
             series["%s, %d processes, R halved then doubled" % (client, p)] = s
-    with open(os.path.join(out_dir, "governor.json"), "w") as f:
+    raw_dir = os.path.join(HERE, "out")   # the raw series stay out of docs/
+    os.makedirs(raw_dir, exist_ok=True)
+    with open(os.path.join(raw_dir, "governor.json"), "w") as f:
         json.dump({"rows": rows, "series": series}, f)
     report(rows, args, os.path.join(out_dir, "GOVERNOR.md"))
     if series:
