@@ -749,7 +749,9 @@ static void on_done(engine *e, ord_req *r, CURLcode rc)
     int64_t due = now;
     switch (ord_policy_after(r->gov, r, &reason, status, now, &e->rng, &due)) {
     case ORD_NEXT_REQUEUE:
-        pend_push_front(e, r);
+        /* Behind the calls already waiting: at the front, a call that keeps
+         * being turned away would take the one slot a cut left, every time. */
+        pend_push_back(e, r);
         pthread_mutex_lock(&g_stats_mu);
         count_status(status);
         g_stats.rate_limited++;

@@ -26,8 +26,9 @@
  *   attempts to the endpoint until it passes, plus a little jitter so that
  *   processes do not resume in lockstep; then starts are spread over one
  *   round trip instead of leaving as one burst.
- * - A call turned away by a rate limit goes back to the front of its queue
- *   and does not spend num_retries; it spends OPENROUTER_RATE_LIMIT_WAIT.
+ * - A call turned away by a rate limit goes back to its queue, behind the
+ *   calls already waiting, and does not spend num_retries; it spends
+ *   OPENROUTER_RATE_LIMIT_WAIT.
  *
  * The one rule: governor state is the engine thread's alone; other threads
  * see only the copies engine.c publishes under its stats lock, and the

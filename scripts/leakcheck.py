@@ -183,8 +183,31 @@ async def raw_paths(base, r):
     od.metrics(prefix="leak/")
 
 
+async def governor_paths(base, r):
+    """The governor's own paths: a 429 waited out, a wait budget spent (rate_limited, and its
+    strict exception), a call refused by the cost guard. The paths above run with the governor
+    off, where a 429 spends retries as they expect."""
+    od.configure(adaptive=True, rate_limit_wait=0.3)
+    try:
+        out = await asyncio.gather(
+            od.run_openrouter_async("fake/flaky-2-429", "gv-%d" % r, api_base=base, num_retries=0),
+            od.run_openrouter_async("fake/status-429", "gv-rl", api_base=base))
+        assert out[0] == "echo: gv-%d" % r, out
+        try:
+            await od.run_openrouter_async("fake/status-429", "gv-strict", api_base=base,
+                                          raise_on_error=True)
+        except od.RateLimitError:
+            pass
+        od.configure(max_cost=1e-12)
+        await od.run_openrouter_async("fake/echo", "gv-budget", api_base=base)
+        assert od.stats()["failed_by_reason"].get("budget", 0) >= 1
+    finally:
+        od.configure(adaptive=False, rate_limit_wait=600, max_cost=0)
+
+
 def one_round(base, r):
     asyncio.run(async_paths(base, r))
+    asyncio.run(governor_paths(base, r))
     asyncio.run(raw_paths(base, r))
     sync_paths(base, r)
     closed_loop(base, r)
@@ -235,10 +258,10 @@ def main():
                          ".ci/sanitizers)")
     args = ap.parse_args()
     # failures are the point here, and so are tasks left in closed loops: keep quiet about them
-    logging.getLogger("openrouter_direct").setLevel(logging.CRITICAL)
+    logging.getLogger("openrouter_direct").setLevel(os.environ.get("LEAKCHECK_LOG", "CRITICAL"))
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     with FakeOpenRouter() as srv:
-        od.configure(max_concurrent_calls=16)
+        od.configure(max_concurrent_calls=16, adaptive=False)
         one_round(srv.base_url, 0)
         settle()
         if args.lsan:
