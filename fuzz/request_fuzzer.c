@@ -22,6 +22,7 @@
  */
 #include "../csrc/request.c"
 #include "../csrc/response.c"
+#include "../csrc/policy.c"
 
 #include <stdint.h>
 

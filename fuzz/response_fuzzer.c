@@ -27,6 +27,7 @@
  * key is always checked.
  */
 #include "../csrc/response.c"
+#include "../csrc/policy.c"
 
 #include <stdint.h>
 
