@@ -352,7 +352,7 @@ static void cool(ord_gov *g, const ord_req *r, int64_t now, uint64_t *rng)
 {
     int64_t wait;
     if (r->retry_after_ms >= 0) {
-        wait = r->retry_after_ms < ORD_RETRY_AFTER_CAP_MS ? r->retry_after_ms : ORD_RETRY_AFTER_CAP_MS;
+        wait = r->retry_after_ms; /* capped at ORD_RETRY_AFTER_CAP_MS where it is read */
         /* Up to a tenth more (and 20 ms), so processes resume apart. */
         wait += (int64_t)(uniform(rng) * (0.1 * (double)wait + 20.0));
     } else {
@@ -407,7 +407,7 @@ ord_next ord_policy_after(ord_gov *g, ord_req *r, ord_reason *reason, long http_
         return ORD_NEXT_FINISH;
     int64_t wait;
     if (r->retry_after_ms >= 0)
-        wait = r->retry_after_ms < ORD_RETRY_AFTER_CAP_MS ? r->retry_after_ms : ORD_RETRY_AFTER_CAP_MS;
+        wait = r->retry_after_ms; /* capped where it is read (engine.c, on_header) */
     else
         wait = backoff_ms(r, spent, rng);
     *due = now + wait;

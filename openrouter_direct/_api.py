@@ -147,24 +147,24 @@ def configure(*, max_concurrent_calls: int | None = None, max_cost: float | None
         native.set_limit(max_concurrent_calls)
     if adaptive is not None and not isinstance(adaptive, bool):
         raise TypeError("adaptive must be a bool")
-    wait = -1.0 if rate_limit_wait is None else _seconds("rate_limit_wait", rate_limit_wait)
-    cost = -1.0 if max_cost is None else _credits("max_cost", max_cost)
+    wait = -1.0 if rate_limit_wait is None else _number("rate_limit_wait", rate_limit_wait)
+    cost = -1.0 if max_cost is None else _number("max_cost", max_cost)
     if max_cost is not None:
         _budget_logged = False
     gov = native.set_governor(-1 if adaptive is None else int(adaptive), wait, cost)
     return {"max_concurrent_calls": native.set_limit(None), **gov}
 
 
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    v = float(value)
+def _finite(name: str, v: float, shown: Any) -> float:
     if v != v or v in (float("inf"), float("-inf")) or v < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+        raise ValueError(f"{name} must be a finite number >= 0, not {shown!r}")
     return v
 
 
-_seconds = _credits = _number
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    return _finite(name, float(value), value)
 
 
 def _governor_env() -> tuple[int, float, float]:
@@ -187,9 +187,7 @@ def _governor_env() -> tuple[int, float, float]:
             v = float(text)
         except ValueError:
             raise ValueError(f"{var} must be a number, not {text!r}") from None
-        if v != v or v in (float("inf"), float("-inf")) or v < 0:
-            raise ValueError(f"{var} must be a finite number >= 0, not {text!r}")
-        return v
+        return _finite(var, v, text)
 
     return (adaptive, number("OPENROUTER_RATE_LIMIT_WAIT", 600.0),
             number("OPENROUTER_MAX_COST", 0.0))
