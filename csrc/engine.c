@@ -597,6 +597,7 @@ static void set_gauges_locked(const engine *e)
         g->pub.rate_limited = g->rate_limited;
         g->pub.waited_calls = g->waited_calls;
         g->pub.succeeded = g->succeeded;
+        g->pub.rate = ord_policy_adaptive() ? g->rate : 0.0;
         g->pub.cooldown_s = (double)g->cooldown_ms / 1000.0;
         g->pub.cost = g->cost;
     }
@@ -1257,6 +1258,7 @@ int ord_engine_endpoints(ord_endpoint_stats *out, int max)
         o->rate_limited = g->pub.rate_limited;
         o->waited_calls = g->pub.waited_calls;
         o->succeeded = g->pub.succeeded;
+        o->rate = g->pub.rate;
         o->cooldown_s = g->pub.cooldown_s;
         o->cost = g->pub.cost;
     }

@@ -431,7 +431,7 @@ static int add_endpoints(PyObject *d)
     for (int i = 0; i < n && rc == 0; i++) {
         const ord_endpoint_stats *o = &eps[i];
         PyObject *one = Py_BuildValue(
-            "{slslslsKsKsKsdsd}", "limit", o->limit, "in_flight", o->in_flight, "queued", o->queued,
+            "{slsdslslsKsKsKsdsd}", "limit", o->limit, "rate", o->rate, "in_flight", o->in_flight, "queued", o->queued,
             "rate_limited", (unsigned long long)o->rate_limited, "waited_calls",
             (unsigned long long)o->waited_calls, "succeeded", (unsigned long long)o->succeeded,
             "cooldown_s", o->cooldown_s, "cost", o->cost);

@@ -242,17 +242,21 @@ typedef struct ord_gov {
 
     /* control (engine thread only) */
     double limit;                 /* calls on the wire allowed now, 1..cap */
-    double w_max;                 /* limit at the last cut; 0 before any */
-    int slow_start;               /* no rate-limit signal yet: +1 per success */
-    int64_t epoch_ms;             /* when the last cut happened */
+    int slow_start;               /* no rate measured yet: 1 growing fast, 2 after an early signal */
+    double rate;                  /* starts per second allowed; 0: not pacing (no signal yet) */
+    double rate_max;              /* the start rate the endpoint last turned away */
+    double rate_base;             /* the rate set by the last cut */
+    double tokens;                /* starts that may leave now, while pacing */
+    int64_t tok_ms;               /* when tokens were last filled */
+    int64_t epoch_ms;             /* when attempts could go again after the last cut */
     int64_t cut_guard_ms;         /* no second cut before: one round trip */
     int64_t cool_until_ms;        /* no new attempts before this */
-    int64_t pace_until_ms;        /* after a cooldown: starts spread until then */
-    int64_t next_start_ms;        /* while pacing: the next start's time */
     double srtt_ms;               /* smoothed attempt time of successes */
     int rl_streak;                /* rate-limit answers since the last success */
-    uint32_t ok_bins[4];          /* successes per 250 ms, the last second */
-    int64_t ok_bin_t;             /* start of the newest bin */
+    uint16_t st_bins[50];         /* attempts started per 100 ms, the last 5 s */
+    uint16_t rl_bins[50];         /* of those, answered with a rate-limit signal */
+    int64_t bin_t;                /* start of the newest bin */
+    int64_t bin_origin_ms;        /* when the bins began counting */
     long shown_limit;             /* last limit reported (DEBUG events) */
     uint64_t rate_limited, waited_calls, succeeded;
     int64_t cooldown_ms;          /* time new attempts were held, in total */
@@ -262,7 +266,7 @@ typedef struct ord_gov {
     struct {
         long limit, in_flight, queued;
         uint64_t rate_limited, waited_calls, succeeded;
-        double cooldown_s, cost;
+        double rate, cooldown_s, cost;
     } pub;
 } ord_gov;
 
@@ -316,7 +320,7 @@ typedef struct {
     int key_no;
     long limit, in_flight, queued;
     uint64_t rate_limited, waited_calls, succeeded;
-    double cooldown_s, cost;
+    double rate, cooldown_s, cost;  /* rate: starts/s allowed, 0 when not pacing */
 } ord_endpoint_stats;
 int ord_engine_endpoints(ord_endpoint_stats *out, int max);
 double ord_engine_cost(void);          /* usage.cost of every reply so far */
