@@ -579,7 +579,7 @@ static void setup_easy(engine *e, CURL *h, ord_req *r)
 /* ---- request lifecycle on the engine thread ---- */
 static void count_status(long status)
 {
-    if (status > 0 && status < 600)
+    if (status > 0 && status < ORD_HTTP_STATUS_END)
         g_stats.status_count[status]++;
 }
 
