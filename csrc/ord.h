@@ -40,7 +40,12 @@
 #include <stdint.h>
 #include <string.h>
 
-#define ORD_USER_AGENT "openrouter_direct/0.1"
+/* setup.py defines it from openrouter_direct.__version__, the one place the
+ * version is written; the fuzzing harnesses, built without setup.py, send a
+ * bare name. */
+#ifndef ORD_USER_AGENT
+#define ORD_USER_AGENT "openrouter_direct"
+#endif
 
 /* ---- limits and defaults, named once */
 #define ORD_RETRY_AFTER_CAP_MS 60000      /* longest Retry-After honoured */
