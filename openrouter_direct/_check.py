@@ -8,8 +8,8 @@ failures, and prints one line per check with ✓ or ✗, the reason, and for a f
     N concurrent calls · sync call · an invalid model returns "" without raising
 
 Every call goes through the package's own functions (strict mode, so the status and message of a
-failure are at hand); only ``GET /key`` uses urllib, with the proxy variables and CA bundle read as
-libcurl reads them. Exit status 0 only when every check passed; ``--json`` prints one object.
+failure are at hand); only ``GET /key`` uses urllib, with the key, proxy and CA bundle that the
+extension says a call would use (``_native.endpoint``), not read again here. Exit status 0 only when every check passed; ``--json`` prints one object.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, Callable
 from . import _api, errors
 from ._progress import Progress
 
-DEFAULT_BASE = "https://openrouter.ai/api/v1"
+DEFAULT_BASE = "https://openrouter.ai/api/v1"  # for the help text; calls use the extension's
 DEFAULT_MODEL = "openai/gpt-4o-mini"
 INVALID_MODEL = "fake/no-such-model"   # no "fake" provider exists on OpenRouter (nor elsewhere)
 
@@ -52,28 +52,31 @@ class Check:
     ms: float | None = None
 
 
-# ---------------------------------------------------------------- environment, as libcurl reads it
+# ------------------------------------------------ what a call would use, as the extension says
+
+def _endpoint(base: str | None = None) -> dict[str, Any]:
+    """What a call made now would use (base URL, key and its source, proxy, CA bundle) with this
+    base URL, or the environment's when None: the extension's answer (csrc/endpoint.c), from the
+    code every call runs."""
+    native: Any = _api._load()
+    answer: dict[str, Any] = native.endpoint(base)
+    return answer
+
 
 def _host_of(url: str) -> str:
     return (urllib.parse.urlsplit(url).hostname or "").lower()
 
 
 def _is_openrouter(url: str) -> bool:
-    host = _host_of(url)
-    return host == "openrouter.ai" or host.endswith(".openrouter.ai")
+    return bool(_endpoint(url)["openrouter"])
 
 
 def _proxy_for(url: str) -> str | None:
-    """The proxy libcurl would use for ``url``, or None (honours no_proxy)."""
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
-    if scheme == "http":
-        names = ("http_proxy",)              # curl ignores HTTP_PROXY (CGI's httpoxy)
-    else:
-        names = ("https_proxy", "HTTPS_PROXY")
-    proxy = next((os.environ[n] for n in names + ("all_proxy", "ALL_PROXY")
-                  if os.environ.get(n)), None)
-    if proxy and urllib.request.proxy_bypass_environment(
-            _host_of(url), {"no": os.environ.get("no_proxy") or os.environ.get("NO_PROXY", "")}):
+    """The proxy libcurl is given for ``url``, or None: none, or no_proxy names the host (that
+    match is libcurl's own; urllib's is close enough for a hint and for ``GET /key``)."""
+    ep = _endpoint(url)
+    proxy: str | None = ep["proxy"]
+    if proxy and urllib.request.proxy_bypass_environment(_host_of(url), {"no": ep["noproxy"] or ""}):
         return None
     return proxy
 
@@ -90,8 +93,7 @@ def _safe_url(url: str) -> str:
 
 
 def _ssl_context() -> ssl.SSLContext:
-    cafile = os.environ.get("SSL_CERT_FILE") or os.environ.get("CURL_CA_BUNDLE") or None
-    return ssl.create_default_context(cafile=cafile)
+    return ssl.create_default_context(cafile=_endpoint()["cainfo"])
 
 
 def _opener(url: str) -> urllib.request.OpenerDirector:
@@ -103,10 +105,8 @@ def _opener(url: str) -> urllib.request.OpenerDirector:
 
 
 def _key_from_env() -> tuple[str | None, str]:
-    for name in ("OPENAI_API_KEY", "OPENROUTER_API_KEY"):
-        if os.environ.get(name):
-            return os.environ[name], name
-    return None, ""
+    ep = _endpoint()
+    return ep["key"], ep["key_source"] or ""
 
 
 # ------------------------------------------------------------------------------ diagnostics
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
-    base = (args.base_url or os.environ.get("OPENAI_API_BASE") or DEFAULT_BASE).strip()
+    base = _endpoint(args.base_url or None)["base"].strip()
     model = args.model or os.environ.get("RUBRIC_JUDGE_MODEL") or DEFAULT_MODEL
 
     out = sys.stdout
