@@ -9,7 +9,8 @@ failures, and prints one line per check with ✓ or ✗, the reason, and for a f
 
 Every call goes through the package's own functions (strict mode, so the status and message of a
 failure are at hand); only ``GET /key`` uses urllib, with the key, proxy and CA bundle that the
-extension says a call would use (``_native.endpoint``), not read again here. Exit status 0 only when every check passed; ``--json`` prints one object.
+extension says a call would use (``_native.endpoint``), not read again here. Exit status 0 only
+when every check passed; ``--json`` prints one object.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 from . import _api, errors
 from ._progress import Progress
@@ -76,7 +77,8 @@ def _proxy_for(url: str) -> str | None:
     match is libcurl's own; urllib's is close enough for a hint and for ``GET /key``)."""
     ep = _endpoint(url)
     proxy: str | None = ep["proxy"]
-    if proxy and urllib.request.proxy_bypass_environment(_host_of(url), {"no": ep["noproxy"] or ""}):
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # not in typeshed
+    if proxy and bypass(_host_of(url), {"no": ep["noproxy"] or ""}):
         return None
     return proxy
 
@@ -275,8 +277,8 @@ class Checker:
         self.concurrency = concurrency
         self.timeout = timeout
         self.show_progress = show_progress
-        self.kw = {"api_base": base, "timeout": timeout, "num_retries": 2,
-                   "raise_on_error": True}
+        self.kw: dict[str, Any] = {"api_base": base, "timeout": timeout, "num_retries": 2,
+                                   "raise_on_error": True}
 
     def _fail(self, name: str, exc: BaseException, ms: float | None = None) -> Check:
         detail, hint = diagnose(exc, self.base, self.model)
@@ -363,7 +365,8 @@ class Checker:
                 raise_on_error=False)
         except Exception as exc:  # noqa: BLE001
             return Check("invalid model", False, f"raised {type(exc).__name__}: {exc}",
-                         "DR-Tulu expects \"\" from a failed call", (time.perf_counter() - t0) * 1000)
+                         "DR-Tulu expects \"\" from a failed call",
+                         (time.perf_counter() - t0) * 1000)
         ms = (time.perf_counter() - t0) * 1000
         if text != "":
             return Check("invalid model", False, f"{INVALID_MODEL} replied {_quote(text)}",
@@ -426,7 +429,7 @@ def run_checks(base: str, model: str, concurrency: int, timeout: float,
     return results, notes
 
 
-def _symbols(stream) -> tuple[str, str]:
+def _symbols(stream: TextIO) -> tuple[str, str]:
     try:
         "✓✗→…".encode(stream.encoding or "ascii")
         return "✓", "✗"
@@ -440,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Check the configured OpenRouter endpoint, key and model: one line per check "
                     "with the reason, and a hint for each failure. Exit status 0 only when all "
                     "pass. A few cheap calls are made (well under a cent on a small model).")
-    parser.add_argument("--base-url", help=f"endpoint (default: $OPENAI_API_BASE, else {DEFAULT_BASE})")
+    parser.add_argument("--base-url",
+                        help=f"endpoint (default: $OPENAI_API_BASE, else {DEFAULT_BASE})")
     parser.add_argument("--model", help=f"model to call (default: $RUBRIC_JUDGE_MODEL, else "
                                          f"{DEFAULT_MODEL})")
     parser.add_argument("--concurrency", type=int, default=20,

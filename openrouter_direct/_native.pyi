@@ -7,7 +7,8 @@ built_with_curl: str
 
 def submit(model: str, user_prompt: str | None, system_prompt: str | None,
            messages: list[dict[str, Any]] | None, kwargs: dict[str, Any] | None,
-           default_max_tokens: int, raw: bool = False) -> tuple[asyncio.Future[Any], int | None]: ...
+           default_max_tokens: int,
+           raw: bool = False) -> tuple[asyncio.Future[Any], int | None]: ...
 def call(model: str, user_prompt: str | None, system_prompt: str | None,
          messages: list[dict[str, Any]] | None, kwargs: dict[str, Any] | None,
          default_max_tokens: int, raw: bool = False) -> Any: ...
