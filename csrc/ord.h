@@ -64,7 +64,7 @@
  * character, '"' or '\\'), or end. Prompts are kilobytes of text with an
  * escape every line or so, so the scan goes 16 bytes at a time (SSE2, part of
  * every x86-64) or 8 (the "has a zero byte" trick, elsewhere); in both, the
- * lowest flagged byte is exact. Used to write strings (request.c) and to
+ * lowest flagged byte is exact. Used to write strings (jsonw.c) and to
  * read them (reader.c). */
 #if defined(__SSE2__)
 #include <emmintrin.h>
