@@ -131,7 +131,7 @@ double ord_policy_rate_limit_wait(void) { return atomic_load(&g_rl_wait_s); }
 #define GOV_DOUBLE_S 1.0
 #define GOV_AI 4.0          /* calls/s per second, after a cut */
 #define GOV_SLOW_START_GROWTH 2.0 /* calls added per success in slow start: x3 a round trip */
-#define GOV_INITIAL 4       /* slow start begins here (or at the cap) */
+#define GOV_INITIAL 8       /* slow start begins here (or at the cap) */
 #define GOV_MIN_RTT_MS 20.0 /* a round trip is at least this, for the cut guard */
 #define GOV_BURST_S 0.01    /* pacing lets this much of a second's starts leave at once */
 #define GOV_RATE_MAX 1e6    /* starts/s: past this, pacing holds nothing back */
