@@ -244,7 +244,8 @@ def run(client, procs, calls, rate, burst, latency_s, sigma, shape, change, env_
     series = {"goodput": goodput_series(log, t_go, 0.5),
               "limits": [[(t - t_go, lim) for t, lim, _ in r["limit"]] for r in results],
               "rates": [[(t - t_go, rate) for t, _, rate in r["limit"]] for r in results],
-              "changes": changes, "rate": rate}
+              "changes": changes, "rate": rate,
+              "refused": [round(t - t_go, 3) for t, c in log if c != 200]}
     if change and len(changes) == 2:
         row["recover_halved_s"] = recovery_s(log, t_go, changes[0][0], changes[0][1])
         row["recover_doubled_s"] = recovery_s(log, t_go, changes[1][0], changes[1][1])

@@ -295,11 +295,17 @@ typedef struct ord_gov {
     int64_t tok_ms;               /* when tokens were last filled */
     int64_t epoch_ms;             /* when attempts could go again after the last cut */
     int64_t cut_guard_ms;         /* no second cut before: one round trip */
+    int cut_pending;              /* a signal came; the rate is settled when the cooldown ends */
+    int cut_probing;              /* ... and it came while probing past the held level */
+    int cut_held;                 /* ... and the calls on the wire held starts back before it */
+    int64_t held_ms;              /* when the calls on the wire last held a start back */
+    long cut_inflight;            /* calls on the wire when it came */
+    int64_t cut_at_ms, cut_from_ms; /* when it came; the start of the window it settles on */
     int64_t cool_until_ms;        /* no new attempts before this */
     double srtt_ms;               /* smoothed attempt time of successes */
     int rl_streak;                /* rate-limit answers since the last success */
-    uint16_t st_bins[50];         /* attempts started per 100 ms, the last 5 s */
-    uint16_t rl_bins[50];         /* of those, answered with a rate-limit signal */
+    uint16_t st_bins[100];        /* attempts started per 100 ms, the last 10 s */
+    uint16_t rl_bins[100];         /* of those, answered with a rate-limit signal */
     int64_t bin_t;                /* start of the newest bin */
     int64_t bin_origin_ms;        /* when the bins began counting */
     long shown_limit;             /* last limit reported (DEBUG events) */

@@ -128,7 +128,7 @@ double ord_policy_rate_limit_wait(void) { return atomic_load(&g_rl_wait_s); }
 #define GOV_PLATEAU 0.98
 #define GOV_UP_S 1.0
 #define GOV_PROBE_S 5.0
-#define GOV_DOUBLE_S 1.0
+#define GOV_DOUBLE_S 2.0
 #define GOV_AI 4.0          /* calls/s per second, after a cut */
 #define GOV_SLOW_START_GROWTH 2.0 /* calls added per success in slow start: x3 a round trip */
 #define GOV_INITIAL 8       /* slow start begins here (or at the cap) */
@@ -146,6 +146,7 @@ uint64_t ord_key_hash(const char *key)
 }
 
 static void limit_changed(ord_gov *g, const char *why);
+static void settle_cut(ord_gov *g, int64_t now);
 
 ord_gov *ord_gov_new(const char *url, uint64_t key_hash, int key_no, long cap)
 {
@@ -168,6 +169,7 @@ void ord_gov_reset(ord_gov *g, long cap)
     g->slow_start = 1;
     g->rate = g->rate_max = g->rate_base = g->tokens = 0;
     g->epoch_ms = g->cut_guard_ms = g->cool_until_ms = g->tok_ms = 0;
+    g->cut_pending = 0;
     g->rl_streak = 0;
     limit_changed(g, "reset");
 }
@@ -245,10 +247,11 @@ static double rtt_ms(const ord_gov *g)
 }
 
 /* Attempts started, and those turned away by a rate limit, per 100 ms over
- * the last 5 s: what the endpoint admitted, measured where it decides (at
- * the start), not where replies come back one latency later. */
+ * the last 10 s (a 4 s window and the cooldown after it): what the endpoint
+ * admitted, measured where it decides (at the start), not where replies
+ * come back one latency later. */
 #define BIN_MS 100
-#define BINS 50
+#define BINS 100
 static void bins_advance(ord_gov *g, int64_t now)
 {
     if (g->bin_t == 0 || now - g->bin_t >= BINS * BIN_MS) { /* first use, or idle: afresh */
@@ -271,33 +274,13 @@ static void bin_add(uint16_t *bin)
         (*bin)++;
 }
 
-/* Starts per second the endpoint admitted over the last span_ms, or since
- * `from` if that is shorter; -1 when too little to tell. A token bucket
- * admits its burst on top of its rate, so the longer the span, the nearer
- * this comes to the rate itself. */
-static double admitted_rate(ord_gov *g, int64_t now, int64_t from, int64_t span_ms)
+/* Counts in the bins from `from` to now. */
+static long bins_sum(const ord_gov *g, const uint16_t *bins, int64_t from)
 {
-    bins_advance(g, now);
-    if (from < g->bin_origin_ms)
-        from = g->bin_origin_ms;
-    int64_t span = now - from;
-    if (span > span_ms)
-        span = span_ms;
-    if (span <= 0)
-        return -1;
-    int n = (int)((span + BIN_MS - 1) / BIN_MS);
-    long started = 0, refused = 0;
-    for (int k = 0; k < n && k < BINS; k++) {
-        started += g->st_bins[k];
-        refused += g->rl_bins[k];
-    }
-    /* The newest bin is partly filled: count the time it covers, and at
-     * least one bin's, so that the first few calls of a burst are not
-     * taken for a rate of thousands a second. */
-    double secs = ((double)(n - 1) * BIN_MS + (double)(now - g->bin_t)) / 1000.0;
-    if (secs < BIN_MS / 1000.0)
-        secs = BIN_MS / 1000.0;
-    return (double)(started - refused) / secs;
+    long n = 0;
+    for (int k = 0; k < BINS && g->bin_t - (int64_t)k * BIN_MS + BIN_MS > from; k++)
+        n += bins[k];
+    return n;
 }
 
 /* The paced rate after a cut, by the time t since attempts could go again:
@@ -334,6 +317,8 @@ int64_t ord_gov_gate(ord_gov *g, int64_t now, long cap)
         return 0; /* the engine's process-wide cap is the only bound */
     if (now < g->cool_until_ms)
         return g->cool_until_ms;
+    if (g->cut_pending)
+        settle_cut(g, now);
     if (g->rate > 0) {
         rate_grow(g, now);
         /* Little's law: the calls in flight the paced rate needs, with room
@@ -347,8 +332,10 @@ int64_t ord_gov_gate(ord_gov *g, int64_t now, long cap)
         lim = cap;
     if (lim < 1)
         lim = 1;
-    if (g->n_active >= lim)
+    if (g->n_active >= lim) {
+        g->held_ms = now; /* starts held back by us, not by the endpoint */
         return -1;
+    }
     if (g->rate > 0) {
         double burst = g->rate * GOV_BURST_S;
         if (burst < 1.0)
@@ -388,7 +375,7 @@ void ord_gov_succeeded(ord_gov *g, ord_req *r, int64_t now, long cap)
      * limit that was never used says nothing about the endpoint. */
     if (g->n_pending == 0 && (double)(g->n_active + 1) < floor(g->limit))
         return;
-    g->limit += g->slow_start == 1 ? GOV_SLOW_START_GROWTH : 1.0 / g->limit;
+    g->limit += GOV_SLOW_START_GROWTH;
     if (g->limit > (double)cap)
         g->limit = (double)cap;
     limit_changed(g, "slow start");
@@ -403,57 +390,87 @@ static int rate_limit_signal(const ord_req *r, ord_reason reason)
            (r->status == 402 && r->inflight_budget);
 }
 
+/* A signal starts a cooldown at once; what it means for the rate is settled
+ * when the cooldown ends (settle_cut), because the answers to the other
+ * attempts of the same burst arrive a moment after the first: counted at
+ * the first, they would pass for admitted. Nothing starts in between, so
+ * the attempts counted are exactly those of the window before the signal. */
 static void cut(ord_gov *g, int64_t now)
 {
     bins_advance(g, now);
     bin_add(&g->rl_bins[0]);
-    if (now < g->cut_guard_ms)
+    if (now < g->cut_guard_ms || g->cut_pending)
         return; /* this round trip was answered already */
-    /* The rate it turned away: what it admitted lately, or the paced rate
-     * if that is lower (right after a cooldown the window is short). */
+    g->cut_pending = 1;
+    g->cut_at_ms = now;
+    g->cut_inflight = g->n_active + 1;
+    g->cut_probing = g->rate_max > 0 && now - g->epoch_ms > (int64_t)(GOV_PROBE_S * 1000);
     /* While pacing, counted from when attempts could go again (a cooldown
-     * in the window would count as a rate the endpoint did not admit); else,
-     * or when that is too short, over the last second. */
-    double seen = g->rate > 0 ? admitted_rate(g, now, g->epoch_ms, BINS * BIN_MS) : -1;
-    if (seen <= 0)
-        seen = admitted_rate(g, now, 0, 1000);
+     * in the window would pass for a rate the endpoint did not admit), over
+     * up to 4 s: a token bucket admits its burst on top of its rate, so the
+     * longer the window, the nearer the count comes to the rate. In slow
+     * start, the last second: earlier, the ramp was below any limit. */
+    int64_t from = g->rate > 0 ? g->epoch_ms : now - 1000;
+    if (g->rate > 0 && from < now - 4000)
+        from = now - 4000;
+    g->cut_from_ms = from > g->bin_origin_ms ? from : g->bin_origin_ms;
+    g->cut_held = g->rate > 0 && g->held_ms >= g->cut_from_ms;
+    g->cut_guard_ms = now + (int64_t)rtt_ms(g);
+}
+
+static void settle_cut(ord_gov *g, int64_t now)
+{
+    g->cut_pending = 0;
+    bins_advance(g, now);
+    double seen = -1;
+    if (now - g->cut_from_ms < BINS * BIN_MS) { /* the bins still hold the window */
+        long admitted = bins_sum(g, g->st_bins, g->cut_from_ms) - bins_sum(g, g->rl_bins, g->cut_from_ms);
+        /* At least one bin's time, so that the first calls of a burst are
+         * not taken for a rate of thousands a second. */
+        double secs = (double)(g->cut_at_ms - g->cut_from_ms) / 1000.0;
+        if (secs < BIN_MS / 1000.0)
+            secs = BIN_MS / 1000.0;
+        seen = (double)admitted / secs;
+    }
     if (seen <= 0 && g->rate <= 0) {
         /* Nothing admitted to measure a rate with: fewer calls on the wire,
          * and slow start goes on from there until a signal can be measured. */
-        g->limit = (double)(g->n_active + 1) * GOV_BETA;
+        g->limit = (double)g->cut_inflight * GOV_BETA;
         if (g->limit < 1.0)
             g->limit = 1.0;
-        g->slow_start = 2; /* from here one more call per round trip */
-        g->cut_guard_ms = now + (int64_t)rtt_ms(g);
+        g->slow_start = 2;
         limit_changed(g, "rate limited");
         return;
     }
-    double base = g->rate > 0 && (seen <= 0 || g->rate < seen) ? g->rate : seen;
+    /* The rate it turned away: what it admitted, or the paced rate if that
+     * is lower (a window spent below the pace) or if the calls on the wire,
+     * not the endpoint, held starts back in the window: then the count says
+     * what we sent, and cutting to it would feed on itself. */
+    double base = g->rate > 0 && (seen <= 0 || g->rate < seen || g->cut_held) ? g->rate : seen;
     /* Said no while probing past a level it held without a word: it admits
      * at least that level (the window's mean also counts the climb to it). */
-    if (g->rate_max > 0 && now - g->epoch_ms > (int64_t)(GOV_PROBE_S * 1000) &&
-        base < GOV_PLATEAU * g->rate_max)
+    if (g->cut_probing && base < GOV_PLATEAU * g->rate_max)
         base = GOV_PLATEAU * g->rate_max;
-    /* Turned away below the last level: others want a share too, so give
-     * back more before probing again (CUBIC's fast convergence). */
-    /* The first cut's measure counts the endpoint's burst allowance on top
-     * of its rate (the bucket was full when slow start began): hold the
-     * cut rate instead of climbing back to it. */
-    g->rate_max = g->slow_start ? base * GOV_BETA : base;
+    /* The level to climb back to: a little under the rate turned away, so
+     * that each signal takes a little of a process's share for good (the
+     * signals hit each process in proportion to its rate, so the larger
+     * give way: CUBIC's fast convergence), while the additive floor gives
+     * every process the same. The first cut's measure counts the endpoint's
+     * burst allowance on top of its rate (the bucket was full when slow
+     * start began): hold the cut rate instead of climbing back to it. */
+    g->rate_max = base * (g->slow_start ? GOV_BETA : (1.0 + GOV_BETA) / 2.0);
     g->rate = g->rate_base = base * GOV_BETA;
     g->tokens = 0;
     /* Calls in flight: a cut of what was on the wire, but never below what
      * the new rate needs (Little's law, with headroom), so that a rate limit
      * is met by pacing and an in-flight limit by both. */
-    double inflight = (double)(g->n_active + 1) * GOV_BETA;
+    double inflight = (double)g->cut_inflight * GOV_BETA;
     double need = GOV_HEADROOM * g->rate * g->srtt_ms / 1000.0;
     double lim = inflight > need ? inflight : need;
     g->limit = lim < g->limit || g->slow_start ? lim : g->limit;
     if (g->limit < 1.0)
         g->limit = 1.0;
     g->slow_start = 0;
-    g->epoch_ms = now;
-    g->cut_guard_ms = now + (int64_t)rtt_ms(g);
     limit_changed(g, "rate limited");
 }
 
