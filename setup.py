@@ -12,7 +12,7 @@ import sys
 from setuptools import Extension, setup
 
 SYSTEM_PACKAGES = "libcurl4-openssl-dev libcjson-dev pkg-config"
-SOURCES = ["module.c", "request.c", "engine.c", "policy.c", "response.c", "deliver.c",
+SOURCES = ["module.c", "request.c", "engine.c", "policy.c", "hedge.c", "response.c", "deliver.c",
            "metrics.c"]
 
 

@@ -407,13 +407,13 @@ static int env_true(const env_view *env, int which)
  * reads all of them but drop_params. */
 enum {
     K_num_retries, K_max_retries, K_timeout, K_api_key, K_api_base, K_base_url, K_extra_headers,
-    K_drop_params, K_fallbacks, K_raise_on_error, K_COUNT
+    K_drop_params, K_fallbacks, K_raise_on_error, K_hedge, K_COUNT
 };
 
 static const named kw_names[K_COUNT] = {
     NAMED("num_retries"), NAMED("max_retries"), NAMED("timeout"), NAMED("api_key"),
     NAMED("api_base"), NAMED("base_url"), NAMED("extra_headers"), NAMED("drop_params"),
-    NAMED("fallbacks"), NAMED("raise_on_error"),
+    NAMED("fallbacks"), NAMED("raise_on_error"), NAMED("hedge"),
 };
 
 static int is_interpreted(const char *k, size_t n)
@@ -805,6 +805,13 @@ static int read_limits(ord_req *r, const kw_view *kv, const env_view *env)
         r->strict = s;
     } else {
         r->strict = env_true(env, E_OPENROUTER_RAISE_ON_ERROR);
+    }
+    PyObject *hedge = kv->v[K_hedge]; /* hedge=False: never a second attempt */
+    if (hedge) {
+        int h = PyObject_IsTrue(hedge);
+        if (h < 0)
+            return -1;
+        r->no_hedge = !h;
     }
     return 0;
 }
