@@ -625,7 +625,7 @@ static void hedge_drop(engine *e, ord_req *h);
 
 static void finish(engine *e, ord_req *r, ord_reason reason, const ord_usage *u, long http_status)
 {
-    if (r->partner)
+    while (r->partner)
         hedge_drop(e, r->partner); /* first: a hedge borrows what r owns */
     ord_hest_put(r->hest);
     r->hest = NULL;
@@ -684,6 +684,7 @@ static void start(engine *e, ord_req *r)
     r->errbuf[0] = '\0';
     r->attempts++;
     r->t_attempt_ms = ord_now_ms();
+    r->hedged = 0;
     if (!h && r->is_hedge) {
         hedge_lost_start(e, r);
         return;
@@ -808,8 +809,12 @@ static void conclude(engine *e, ord_req *r, ord_reason reason, const ord_usage *
 /* ---- hedges: a second attempt of a slow call (hedge.c says when) ----
  *
  * A hedge is an ord_req of its own (its transfer, buffer and outcome) that
- * borrows the request of its call; call->partner and hedge->partner link
- * the two, and the call has at most one hedge at a time. The rules:
+ * borrows the request of its call. hedge->partner is its call; a call's
+ * hedges are a list from call->partner (newest first) through ->sibling.
+ * An attempt of a call gets at most HEDGES_MAX of them: when its hedge runs
+ * past the delay too (a provider that stalls 1% of attempts stalls a hedge
+ * now and then), it gets another; only one waits for a slot at a time, and
+ * none follows a hedge that failed. The rules:
  * - The first success wins. The other attempt is taken off the wire at
  *   once, here on the engine thread (never in a libcurl callback): removed
  *   from the multi handle mid-transfer, its connection is closed, so the
@@ -825,6 +830,8 @@ static void conclude(engine *e, ord_req *r, ord_reason reason, const ord_usage *
  * - Finishing a call (reply, failure, cancel, shutdown) drops its hedge
  *   first (finish()), so a hedge never outlives what it borrows.
  */
+#define HEDGES_MAX 2 /* per attempt of a call */
+
 static ord_req *hedge_new(ord_req *p)
 {
     ord_req *h = ord_req_new();
@@ -851,15 +858,30 @@ static ord_req *hedge_new(ord_req *p)
     h->gov = p->gov;
     h->is_hedge = 1;
     h->partner = p;
+    h->sibling = p->partner;
     p->partner = h;
     return h;
+}
+
+/* Takes h off its call's list. */
+static void hedge_unlink(ord_req *h)
+{
+    ord_req *p = h->partner;
+    if (!p)
+        return;
+    for (ord_req **at = &p->partner; *at; at = &(*at)->sibling)
+        if (*at == h) {
+            *at = h->sibling;
+            break;
+        }
+    h->sibling = NULL;
+    h->partner = NULL;
 }
 
 /* Frees a hedge that is in no engine structure any more. */
 static void hedge_free(engine *e, ord_req *h)
 {
-    if (h->partner)
-        h->partner->partner = NULL;
+    hedge_unlink(h);
     release_buf(e, h);
     /* borrowed from the call: not h's to free */
     h->url = h->body = h->cainfo = h->proxy = h->noproxy = h->secret = h->model = NULL;
@@ -917,15 +939,18 @@ static void hedge_drop(engine *e, ord_req *h)
     hedge_free(e, h);
 }
 
-/* Call p's own attempt failed (reason) while it has a hedge. 1: the hedge
- * stands in and p waits for it; 0: the hedge is gone, p goes on alone. */
+/* Call p's own attempt failed (reason) while it has hedges. 1: those on the
+ * wire stand in and p waits for them; 0: they are gone, p goes on alone. */
 static int stand_aside(engine *e, ord_req *p, ord_reason reason)
 {
-    ord_req *h = p->partner;
-    if (h->state != ORD_ST_ACTIVE || ord_rate_limit_answer(p, reason)) {
-        hedge_drop(e, h);
-        return 0;
+    int rate_limited = ord_rate_limit_answer(p, reason);
+    for (ord_req *h = p->partner, *next; h; h = next) {
+        next = h->sibling;
+        if (h->state != ORD_ST_ACTIVE || rate_limited)
+            hedge_drop(e, h);
     }
+    if (!p->partner)
+        return 0;
     p->state = ORD_ST_HEDGED;
     return 1;
 }
@@ -968,18 +993,21 @@ static void hedge_done(engine *e, ord_req *h, CURLcode rc, long status, int64_t 
             h->buf = NULL;
             h->buf_len = h->buf_cap = 0;
         }
-        p->partner = NULL; /* finish must not drop h: it still times the success */
+        hedge_unlink(h); /* finish drops the other hedges, not h: it still times the success */
         conclude(e, p, ORD_OK, &u, status, now, h);
-        h->partner = NULL;
         hedge_free(e, h);
         return;
     }
     int rate_limited = ord_rate_limit_answer(h, reason);
+    p->hedged = HEDGES_MAX; /* what failed once would likely fail again: no more for this attempt */
     pthread_mutex_lock(&g_stats_mu);
     g_stats.hedges_failed++;
     pthread_mutex_unlock(&g_stats_mu);
-    if (p->state == ORD_ST_HEDGED) {
-        /* it stood in, and failed: that is how p's attempt ended */
+    int others = 0; /* p's other hedges on the wire */
+    for (const ord_req *o = p->partner; o; o = o->sibling)
+        others += o != h && o->state == ORD_ST_ACTIVE;
+    if (p->state == ORD_ST_HEDGED && !others) {
+        /* the last one standing in failed: that is how p's attempt ended */
         p->status = h->status;
         free(p->message);
         p->message = h->message;
@@ -989,6 +1017,8 @@ static void hedge_done(engine *e, ord_req *h, CURLcode rc, long status, int64_t 
         p->inflight_budget = h->inflight_budget;
         p->too_large = h->too_large;
         hedge_free(e, h);
+        while (p->partner) /* one still waiting for a slot: not sent, and not needed now */
+            hedge_drop(e, p->partner);
         p->state = ORD_ST_ACTIVE; /* as it was when its attempt ended */
         conclude(e, p, reason, &u, status, now, p);
         return;
@@ -1019,6 +1049,7 @@ static void hedge_launch(engine *e, ord_req *p)
     }
     /* Ahead of the calls waiting for a slot, as a retry is: it is late already. */
     pend_push_front(e, h);
+    p->hedged++;
 }
 
 static void on_done(engine *e, ord_req *r, CURLcode rc)
@@ -1075,7 +1106,7 @@ static void cancel_one(engine *e, ord_req *r)
 static void fail_shutdown(engine *e, ord_req *r)
 {
     if (r->is_hedge)
-        r = r->partner; /* the call fails; finishing it takes the hedge along */
+        r = r->partner; /* the call fails; finishing it takes its hedges along */
     take_out(e, r);
     ord_req_fail(r, ORD_SHUTDOWN, 0, "the interpreter is exiting");
     finish(e, r, ORD_SHUTDOWN, NULL, 0);
@@ -1294,9 +1325,13 @@ static void hedge_scan(engine *e, int64_t now)
     int64_t next = now + HEDGE_SCAN_MS;
     if (ord_hedge_quantile() > 0 && !budget_spent(e)) {
         for (ord_req *r = e->act_head; r; r = r->next) {
-            if (r->is_hedge || r->partner || r->no_hedge || !r->hest || atomic_load(&r->cancelled))
+            /* the newest attempt of a call decides: its own, or its newest hedge's */
+            ord_req *p = r->is_hedge ? r->partner : r;
+            if (r != (p->partner ? p->partner : p))
                 continue;
-            int64_t delay = ord_hest_delay_ms(r->hest);
+            if (p->no_hedge || !p->hest || p->hedged >= HEDGES_MAX || atomic_load(&p->cancelled))
+                continue;
+            int64_t delay = ord_hest_delay_ms(p->hest);
             if (delay < 0)
                 continue;
             int64_t due = r->t_attempt_ms + delay;
@@ -1305,8 +1340,8 @@ static void hedge_scan(engine *e, int64_t now)
                     next = due;
                 continue;
             }
-            if (ord_hedge_take(e->hedges, r->gov, r->hest, now))
-                hedge_launch(e, r);
+            if (ord_hedge_take(e->hedges, p->gov, p->hest, now))
+                hedge_launch(e, p);
         }
     }
     e->hedge_scan_ms = next;

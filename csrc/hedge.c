@@ -234,7 +234,12 @@ void ord_hedge_credit(ord_hedges *t)
 
 int ord_hedge_take(ord_hedges *t, const ord_gov *g, const ord_hest *h, int64_t now)
 {
-    if (!t || t->tokens < 1.0)
+    if (!t)
+        return 0;
+    double burst = ord_hedge_burst(atomic_load(&g_budget));
+    if (t->tokens > burst) /* the budget was lowered since */
+        t->tokens = burst;
+    if (t->tokens < 1.0)
         return 0;
     if (h->last_rl_ms && now - h->last_rl_ms < HEDGE_QUIET_MS)
         return 0;

@@ -190,7 +190,9 @@ typedef struct ord_req {
      * outlives the call's time in the engine, since finishing a call drops
      * its hedge first. */
     int is_hedge;
-    struct ord_req *partner;      /* a call's hedge, or a hedge's call; NULL: none */
+    struct ord_req *partner;      /* a call's newest hedge, or a hedge's call; NULL: none */
+    struct ord_req *sibling;      /* a hedge's older sibling (same call) */
+    int hedged;                   /* hedges sent for the call's current attempt */
     struct ord_hest *hest;        /* the call's latency estimate (hedge.c), or NULL */
     char errbuf[CURL_ERROR_SIZE];
     ord_attempt log[ORD_ATTEMPT_LOG];
