@@ -95,6 +95,7 @@ def run(name, hedge, stall, args, env_base):
     n = args.calls * args.steps
     steps = res["steps"]
     return {"name": name, "hedge": hedge, "stall": stall, "steps_s": [s["wall_s"] for s in steps],
+            "sent_per_step": [s["hedge"]["sent"] for s in steps],
             "calls": n, "attempts": attempts, "extra": (attempts - n) / n,
             "sent": sum(s["hedge"]["sent"] for s in steps),
             "won": sum(s["hedge"]["won"] for s in steps),
@@ -169,7 +170,7 @@ def main():
     ap.add_argument("--stall", type=float, default=0.01)
     ap.add_argument("--stall-s", type=float, default=20.0)
     ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--hedges", default="off,p99,p95",
+    ap.add_argument("--hedges", default="off,p99.5,p99",
                     help="OPENROUTER_HEDGE values to compare ('off' first: the reference)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=None)
@@ -180,7 +181,7 @@ def main():
         return
     if args.smoke:
         args.calls, args.cap, args.median, args.stall, args.stall_s = 96, 16, 0.05, 0.05, 3.0
-        args.steps, args.hedges = 1, "off,p99"
+        args.steps, args.hedges = 1, "off,p99.5"
     out_dir = args.out or (os.path.join(HERE, "out", "smoke") if args.smoke
                            else os.path.join(ROOT, "docs"))
     os.makedirs(out_dir, exist_ok=True)

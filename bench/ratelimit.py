@@ -16,6 +16,7 @@ new R.
     python bench/ratelimit.py --worker CLIENT M TAG   (internal: one client process)
 
 Clients: od (openrouter_direct, adaptive governor, the default), od-fixed (OPENROUTER_ADAPTIVE=0),
+od-nohedge (OPENROUTER_HEDGE=off: compared with od, what hedging changes under a rate limit),
 litellm (acompletion, num_retries=5), openai (AsyncOpenAI, max_retries=5), aiohttp (LiteLLM's
 policy: 5 retries, exponential backoff, Retry-After ignored). Peers run under an
 asyncio.Semaphore(256), as DR-Tulu's LITELLM_MAX_CONCURRENT_CALLS does.
@@ -123,13 +124,15 @@ async def _aiohttp_calls(m, tag, samples):
         return await asyncio.gather(*(one(i) for i in range(m)))
 
 
-CLIENTS = {"od": _od_calls, "od-fixed": _od_calls, "litellm": _litellm_calls,
+CLIENTS = {"od": _od_calls, "od-fixed": _od_calls, "od-nohedge": _od_calls, "litellm": _litellm_calls,
            "openai": _openai_calls, "aiohttp": _aiohttp_calls}
 
 
 def worker(client, m, tag):
     if client == "od-fixed":
         os.environ["OPENROUTER_ADAPTIVE"] = "0"
+    if client == "od-nohedge":
+        os.environ["OPENROUTER_HEDGE"] = "off"
     fn = CLIENTS[client]
     samples = {"limit": [], "stop": False}
     if client.startswith("od"):

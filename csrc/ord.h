@@ -35,7 +35,7 @@
 /* ---- limits, named once */
 #define ORD_RETRY_AFTER_CAP_MS 60000      /* longest Retry-After honoured */
 #define ORD_RATE_LIMIT_WAIT_S 600.0       /* OPENROUTER_RATE_LIMIT_WAIT default */
-#define ORD_HEDGE_DEFAULT_Q 0.99          /* OPENROUTER_HEDGE default: p99 (docs/HEDGING.md) */
+#define ORD_HEDGE_DEFAULT_Q 0.995         /* OPENROUTER_HEDGE default: p99.5 (docs/HEDGING.md) */
 #define ORD_HEDGE_DEFAULT_BUDGET 0.05     /* OPENROUTER_HEDGE_BUDGET default */
 
 /* ---- JSON strings, 16 bytes at a time ---- */

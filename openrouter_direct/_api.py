@@ -126,7 +126,7 @@ def stats() -> dict[str, Any]:
 def metrics(prefix: str = "openrouter/") -> dict[str, float]:
     """What changed since the last ``metrics()`` read, as a flat dict of numbers for
     ``wandb.log``: calls, succeeded, failed, ``failed/<reason>``, cancelled, retries,
-    rate_limited (attempts answered 429), cost, prompt/completion/total tokens, p50/p95 latency
+    rate_limited (attempts answered 429), hedges (sent) and hedges_won, cost, prompt/completion/total tokens, p50/p95 latency
     (ms) of the calls finished in the interval, and the in_flight / queued gauges; every key
     starts with ``prefix``."""
     from ._metrics import metrics as read
@@ -143,8 +143,8 @@ def configure(*, max_concurrent_calls: int | None = None, max_cost: float | None
     ``OPENROUTER_ADAPTIVE``) it is the ceiling the governor adapts under. ``max_cost`` is this
     process's budget in OpenRouter credits (USD), 0 for none (``OPENROUTER_MAX_COST``);
     ``rate_limit_wait`` the seconds a call may wait out rate limits (``OPENROUTER_RATE_LIMIT_WAIT``).
-    ``hedge`` is when a slow attempt gets a second one: a percentile such as ``"p99"`` (the
-    default) or ``"p95"``, or ``"off"`` / ``False`` (``OPENROUTER_HEDGE``); ``hedge_budget`` the
+    ``hedge`` is when a slow attempt gets a second one: a percentile such as ``"p99.5"`` (the
+    default) or ``"p99"``, or ``"off"`` / ``False`` (``OPENROUTER_HEDGE``); ``hedge_budget`` the
     share of calls that may be hedged, 0 to 1 (``OPENROUTER_HEDGE_BUDGET``, default 0.05).
     docs/HEDGING.md has the whole story."""
     global _budget_logged

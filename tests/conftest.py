@@ -43,7 +43,7 @@ def reset_governor():
     from openrouter_direct import _api
     if _api._native is not None:
         _api._native.set_governor(1, 600.0, 0.0)
-        _api._native.set_hedge(0.99, 0.05)
+        _api._native.set_hedge(0.995, 0.05)
         _api._native.reset_governor()
 
 
@@ -96,7 +96,7 @@ def hedge_off(od):
     """OPENROUTER_HEDGE=off for one test: one attempt at a time, as before hedging."""
     od.configure(hedge="off")
     yield
-    od.configure(hedge="p99")
+    od.configure(hedge="p99.5")
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 
 from helpers import arun, await_until, bound, run_py, uniq, wait_until
 
-WARM = 40  # successes before the estimate is trusted: 32
+WARM = 70  # successes before the estimate is trusted: 64
 
 
 def warm(od, tag=None):
@@ -113,7 +113,7 @@ def test_configure_hedge_off_sends_one_attempt(od, server, hedge_off):
 _ENV_OFF = """
 import json, sys
 import openrouter_direct as od
-for i in range(40):
+for i in range(70):
     assert od.run_openrouter("m/x", "warm-%d" % i)
 out = od.run_openrouter("m/x", sys.argv[1])
 print(json.dumps({"out": out, "hedge": od.stats()["hedge"], "settings": od.configure()}))
@@ -129,7 +129,7 @@ def test_hedge_env_off_sends_one_attempt(server):
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["out"] == "slow" and got["hedge"]["sent"] == 0
     assert got["settings"]["hedge"] == "off"
-    assert server.attempts_for(prompt) == 41 - 40     # only the slow call's own attempt
+    assert server.attempts_for(prompt) == 1     # only the slow call's own attempt
 
 
 @pytest.mark.parametrize("var,value", [("OPENROUTER_HEDGE", "p100"), ("OPENROUTER_HEDGE", "fast"),
