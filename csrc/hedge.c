@@ -47,7 +47,7 @@
 #define EST_MIN_MS 5.0        /* bucket 0 holds everything faster */
 #define EST_RATIO 1.1         /* bucket b >= 1: [5 ms * 1.1^(b-1), 5 ms * 1.1^b) */
 #define EST_WINDOW 1000.0     /* samples: older ones weigh 1/e after about this many */
-#define EST_MIN_SAMPLES 64
+#define EST_MIN_SAMPLES 128
 #define EST_KEPT 64           /* estimates kept; beyond, idle ones are forgotten */
 #define HEDGE_FLOOR_MS 100
 #define HEDGE_QUIET_MS 10000

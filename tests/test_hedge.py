@@ -5,7 +5,7 @@ limits stop them, ``hedge=False`` and ``OPENROUTER_HEDGE=off`` turn them off, an
 cancellation behave as they do without hedging.
 
 Each test has its own key, hence its own endpoint and a cold latency estimate: ``warm`` makes the
-calls the estimate needs (32 successes) before a slow attempt is worth hedging. Slow attempts are
+calls the estimate needs (128 successes) before a slow attempt is worth hedging. Slow attempts are
 the fake server's scripted ones: a rule with ``times=1`` answers the call's first attempt only,
 so the hedge (the same body again) gets the next rule, or a plain quick reply.
 """
@@ -17,7 +17,7 @@ import pytest
 
 from helpers import arun, await_until, bound, run_py, uniq, wait_until
 
-WARM = 70  # successes before the estimate is trusted: 64
+WARM = 140  # successes before the estimate is trusted: 128
 
 
 def warm(od, tag=None):
@@ -113,7 +113,7 @@ def test_configure_hedge_off_sends_one_attempt(od, server, hedge_off):
 _ENV_OFF = """
 import json, sys
 import openrouter_direct as od
-for i in range(70):
+for i in range(140):
     assert od.run_openrouter("m/x", "warm-%d" % i)
 out = od.run_openrouter("m/x", sys.argv[1])
 print(json.dumps({"out": out, "hedge": od.stats()["hedge"], "settings": od.configure()}))
