@@ -146,8 +146,9 @@ def worker(client, m, tag):
     outs = asyncio.run(fn(m, tag, samples))
     t1 = time.monotonic()
     ok = sum(1 for i, text in enumerate(outs) if text == "echo: %s-%d" % (tag, i))
-    print(json.dumps({"ok": ok, "lost": m - ok, "t0": t0, "t1": t1, "limit": samples["limit"]}),
-          flush=True)
+    hedges = od.stats()["hedge"]["sent"] if client.startswith("od") else 0
+    print(json.dumps({"ok": ok, "lost": m - ok, "t0": t0, "t1": t1, "limit": samples["limit"],
+                      "hedges": hedges}), flush=True)
 
 
 # ------------------------------------------------------------------ one run
@@ -243,7 +244,8 @@ def run(client, procs, calls, rate, burst, latency_s, sigma, shape, change, env_
     row = {"client": client, "procs": procs, "calls": n, "lost": sum(r["lost"] for r in results),
            "wall_s": round(wall, 2), "ideal_s": round(ideal, 2), "wall_ratio": round(wall / ideal, 3),
            "attempts_per_call": round(attempts / n, 3), "share_429": round(n429 / max(attempts, 1), 4),
-           "jain": round(jain(thr), 4), "change": change}
+           "jain": round(jain(thr), 4), "change": change,
+           "hedges": sum(r.get("hedges", 0) for r in results)}
     series = {"goodput": goodput_series(log, t_go, 0.5),
               "limits": [[(t - t_go, lim) for t, lim in r["limit"]] for r in results],
               "changes": changes, "rate": rate}
