@@ -7,7 +7,10 @@ cancellation behave as they do without hedging.
 Each test has its own key, hence its own endpoint and a cold latency estimate: ``warm`` makes the
 calls the estimate needs (128 successes) before a slow attempt is worth hedging. Slow attempts are
 the fake server's scripted ones: a rule with ``times=1`` answers the call's first attempt only,
-so the hedge (the same body again) gets the next rule, or a plain quick reply.
+so the hedge (the same body again) gets the next rule, or a plain quick reply. A hedge that runs
+past the delay too gets a second one, so a slow reply is scripted for as many attempts as may
+ask, and attempts are counted as 1 + hedges sent. SLOW_MS is well past any delay the warm-up
+can teach, even on a loaded machine or under a sanitizer (the delay is at least 100 ms).
 """
 
 import asyncio
@@ -18,6 +21,7 @@ import pytest
 from helpers import arun, await_until, bound, run_py, uniq, wait_until
 
 WARM = 140  # successes before the estimate is trusted: 128
+SLOW_MS = 1000
 
 
 def warm(od, tag=None):
@@ -58,8 +62,9 @@ def test_a_stalled_first_attempt_is_hedged_and_the_hedge_wins(od, server):
     out = od.run_openrouter("m/x", prompt, timeout=120, num_retries=0)
     assert out == "echo: " + prompt
     after, ha = od.stats(), hedge_stats(od)
-    assert server.attempts_for(prompt) == 2
-    assert delta(ha, hb, "sent") == 1 and delta(ha, hb, "won") == 1
+    sent = delta(ha, hb, "sent")
+    assert sent >= 1 and delta(ha, hb, "won") == 1
+    assert server.attempts_for(prompt) == 1 + sent
     assert after["retries"] == before["retries"]     # a hedge is not a retry
     assert one_reply_per_call(before, after)
     # the stalled transfer was aborted: its connection closed, and the server saw it
@@ -71,7 +76,7 @@ def test_a_stalled_first_attempt_is_hedged_and_the_hedge_wins(od, server):
 def test_the_first_attempt_wins_when_it_answers_first(od, server):
     warm(od)
     prompt = uniq("slowish")
-    server.script(reply="first", match=prompt, delay_ms=400)        # the first attempt
+    server.script(reply="first", match=prompt, delay_ms=SLOW_MS)    # the first attempt
     # its hedge, and the second hedge a hedge gets when it too runs past the delay
     server.script(fault="stall", match=prompt, times=2)
     before, hb = od.stats(), hedge_stats(od)
@@ -88,12 +93,12 @@ def test_the_first_attempt_wins_when_it_answers_first(od, server):
 def test_hedge_false_sends_one_attempt(od, server):
     warm(od)
     slow, control = uniq("nohedge"), uniq("control")
-    server.script(reply="slow", match=slow, delay_ms=400)
-    server.script(reply="slow", match=control, delay_ms=400)
+    server.script(reply="slow", match=slow, delay_ms=SLOW_MS)
+    server.script(reply="slow", match=control, delay_ms=SLOW_MS)
     # hedging allowed: a second attempt, which wins (its reply is quick). First: a slow success
     # would teach the estimate that 400 ms is normal.
     assert od.run_openrouter("m/x", control) == "echo: " + control
-    assert server.attempts_for(control) == 2
+    assert server.attempts_for(control) >= 2
     hb = hedge_stats(od)
     assert od.run_openrouter("m/x", slow, hedge=False) == "slow"
     assert server.attempts_for(slow) == 1 and delta(hedge_stats(od), hb, "sent") == 0
@@ -104,7 +109,7 @@ def test_hedge_false_sends_one_attempt(od, server):
 def test_configure_hedge_off_sends_one_attempt(od, server, hedge_off):
     warm(od)
     prompt = uniq("off")
-    server.script(reply="slow", match=prompt, delay_ms=400)
+    server.script(reply="slow", match=prompt, delay_ms=SLOW_MS)
     hb = hedge_stats(od)
     assert od.run_openrouter("m/x", prompt) == "slow"
     assert server.attempts_for(prompt) == 1 and delta(hedge_stats(od), hb, "sent") == 0
@@ -122,7 +127,7 @@ print(json.dumps({"out": out, "hedge": od.stats()["hedge"], "settings": od.confi
 
 def test_hedge_env_off_sends_one_attempt(server):
     prompt = uniq("envoff")
-    server.script(reply="slow", match=prompt, delay_ms=400)
+    server.script(reply="slow", match=prompt, delay_ms=SLOW_MS)
     done = run_py(_ENV_OFF.replace("sys.argv[1]", repr(prompt)),
                   env={"OPENROUTER_HEDGE": "off"})
     assert done.returncode == 0, done.stderr
@@ -168,7 +173,7 @@ def test_the_budget_caps_hedges_under_a_storm_of_slow_replies(od, server, concur
     tag = uniq("storm")
     # every attempt of the storm is slow, hedges too: without a budget, all 100 would be hedged
     # 100 ms in, long before the first slow reply could move the estimate
-    server.script(reply="slow", match=tag, delay_ms=500, times=None)
+    server.script(reply="slow", match=tag, delay_ms=SLOW_MS, times=None)
     hb, before = hedge_stats(od), od.stats()
     out = arun(gather(od, ["%s-%d" % (tag, i) for i in range(storm)]))
     assert out == ["slow"] * storm
@@ -216,7 +221,7 @@ def test_no_hedge_while_the_governor_is_rate_limiting(od, server, concurrency_ca
     assert ep["rate_limited"] > 0
     server.rate_limit(None)
     prompt = uniq("limited")
-    server.script(reply="slow", match=prompt, delay_ms=400)
+    server.script(reply="slow", match=prompt, delay_ms=SLOW_MS)
     hb = hedge_stats(od)
     assert od.run_openrouter("m/x", prompt) == "slow"
     assert server.attempts_for(prompt) == 1 and delta(hedge_stats(od), hb, "sent") == 0
@@ -225,21 +230,22 @@ def test_no_hedge_while_the_governor_is_rate_limiting(od, server, concurrency_ca
 def test_strict_mode_a_failed_hedge_is_not_the_calls_failure(od, server):
     warm(od)
     prompt = uniq("strict-hedge-fails")
-    server.script(reply="first", match=prompt, delay_ms=400)     # the call's own attempt
-    server.script(status=400, match=prompt)                       # its hedge
+    server.script(reply="first", match=prompt, delay_ms=SLOW_MS)  # the call's own attempt
+    server.script(status=400, match=prompt, times=2)              # its hedges
     hb, before = hedge_stats(od), od.stats()
     assert od.run_openrouter("m/x", prompt, raise_on_error=True) == "first"
     ha = hedge_stats(od)
-    assert delta(ha, hb, "sent") == 1 and delta(ha, hb, "failed") == 1
+    sent = delta(ha, hb, "sent")
+    assert sent >= 1 and delta(ha, hb, "failed") == sent
     assert one_reply_per_call(before, od.stats())
 
 
 def test_strict_mode_the_hedge_stands_in_for_a_failed_first_attempt(od, server):
     warm(od)
     prompt = uniq("stand-in")
-    server.script(status=400, match=prompt, delay_ms=300)        # the call's own attempt fails
+    server.script(status=400, match=prompt, delay_ms=SLOW_MS)    # the call's own attempt fails
     # while its hedges still run (a second one goes when the first runs past the delay)
-    server.script(reply="hedged", match=prompt, delay_ms=400, times=2)
+    server.script(reply="hedged", match=prompt, delay_ms=SLOW_MS + 300, times=2)
     hb, before = hedge_stats(od), od.stats()
     out = od.run_openrouter("m/x", prompt, raise_on_error=True, num_retries=0)
     assert out == "hedged"
@@ -253,7 +259,7 @@ def test_strict_mode_the_hedge_stands_in_for_a_failed_first_attempt(od, server):
 def test_strict_mode_both_attempts_failing_is_one_failure(od, server):
     warm(od)
     prompt = uniq("both-fail")
-    server.script(status=400, match=prompt, delay_ms=300, times=3)
+    server.script(status=400, match=prompt, delay_ms=SLOW_MS, times=3)
     before, hb = od.stats(), hedge_stats(od)
     with pytest.raises(od.APIStatusError) as info:
         od.run_openrouter("m/x", prompt, raise_on_error=True, num_retries=3)
