@@ -4,6 +4,7 @@ libcurl and cJSON are found through pkg-config. OPENROUTER_DIRECT_SANITIZE=addre
 (comma-separated) builds with those sanitizers; OPENROUTER_DIRECT_DEBUG=1 builds -O0 -g.
 """
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -12,7 +13,8 @@ import sys
 from setuptools import Extension, setup
 
 SYSTEM_PACKAGES = "libcurl4-openssl-dev libcjson-dev pkg-config"
-SOURCES = ["module.c", "request.c", "engine.c", "policy.c", "hedge.c", "response.c", "deliver.c",
+SOURCES = ["module.c", "request.c", "env.c", "endpoint.c", "jsonw.c", "headers.c", "reqlife.c",
+           "engine.c", "policy.c", "hedge.c", "response.c", "reader.c", "deliver.c", "channel.c",
            "metrics.c"]
 
 
@@ -34,8 +36,21 @@ def pkg_config(*args):
     return shlex.split(out)
 
 
+def version():
+    """openrouter_direct.__version__, the one place the version is written (pyproject.toml reads
+    it too): read as text, since the package cannot be imported before its extension is built."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "openrouter_direct", "__init__.py")
+    with open(path, encoding="utf-8") as f:
+        match = re.search(r'^__version__ = "([^"]+)"$', f.read(), re.M)
+    if not match:
+        sys.exit(f"openrouter_direct: no __version__ line in {path}")
+    return match.group(1)
+
+
 def extension():
     libs = ("libcurl", "libcjson")
+    # The User-Agent names the release series (major.minor), as it always has.
+    series = ".".join(version().split(".")[:2])
     cflags = pkg_config("--cflags", *libs)
     ldflags = pkg_config("--libs", *libs)
     compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
@@ -54,6 +69,7 @@ def extension():
         "openrouter_direct._native",
         sources=[os.path.join("csrc", s) for s in SOURCES],
         depends=[os.path.join("csrc", "ord.h")],
+        define_macros=[("ORD_USER_AGENT", f'"openrouter_direct/{series}"')],
         extra_compile_args=cflags + compile_args,
         extra_link_args=ldflags + link_args + ["-lm", "-lpthread"],
     )

@@ -51,7 +51,7 @@ async def _od_calls(m, tag, samples):
         while not samples["stop"]:
             ep = od.stats()["endpoints"].get(key)
             if ep:
-                samples["limit"].append((time.monotonic(), ep["limit"]))
+                samples["limit"].append((time.monotonic(), ep["limit"], ep.get("rate", 0.0)))
             time.sleep(0.1)
     threading.Thread(target=sample, daemon=True).start()
     outs = await asyncio.gather(*(od.run_openrouter_async(MODEL, "%s-%d" % (tag, i))
@@ -124,7 +124,8 @@ async def _aiohttp_calls(m, tag, samples):
         return await asyncio.gather(*(one(i) for i in range(m)))
 
 
-CLIENTS = {"od": _od_calls, "od-fixed": _od_calls, "od-nohedge": _od_calls, "litellm": _litellm_calls,
+CLIENTS = {"od": _od_calls, "od-fixed": _od_calls, "od-nohedge": _od_calls,
+           "litellm": _litellm_calls,
            "openai": _openai_calls, "aiohttp": _aiohttp_calls}
 
 
@@ -247,7 +248,8 @@ def run(client, procs, calls, rate, burst, latency_s, sigma, shape, change, env_
            "jain": round(jain(thr), 4), "change": change,
            "hedges": sum(r.get("hedges", 0) for r in results)}
     series = {"goodput": goodput_series(log, t_go, 0.5),
-              "limits": [[(t - t_go, lim) for t, lim in r["limit"]] for r in results],
+              "limits": [[(t - t_go, lim) for t, lim, _ in r["limit"]] for r in results],
+              "rates": [[(t - t_go, rate) for t, _, rate in r["limit"]] for r in results],
               "changes": changes, "rate": rate}
     if change and len(changes) == 2:
         row["recover_halved_s"] = recovery_s(log, t_go, changes[0][0], changes[0][1])
@@ -275,6 +277,10 @@ def chart(series_by_name, path):
         rx.append(gx[-1] if gx else 1.0)
         ry.append(r)
         ax.plot(rx, ry, color="black", linestyle="--", label="server's limit R (calls/s)")
+        for k, rates in enumerate(s.get("rates", [])):
+            if rates:
+                ax.plot([t for t, _ in rates], [v for _, v in rates], linewidth=0.7, alpha=0.6,
+                        linestyle=":", label="paced rate, each process" if k == 0 else None)
         ax.set_ylabel("calls/s")
         ax.set_title(name)
         if any(s["limits"]):

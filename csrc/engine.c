@@ -51,10 +51,9 @@
 #define SPARE_MAX_CAP (64 * 1024)
 
 /* Parsed URLs, handed to libcurl with CURLOPT_CURLU. Given CURLOPT_URL,
- * libcurl 7.88 parses the string and builds it back on every transfer
- * (curl_url_set, then curl_url_get through its byte-at-a-time printf): about
- * 6,000 instructions a call, 5% of the engine thread (callgrind). With a
- * handle it only copies it. A process sends to one or two URLs; an entry is
+ * libcurl parses the string and builds it back on every transfer, a
+ * measurable share of the engine thread (docs/TUNING.md); with a handle it
+ * only copies it. A process sends to one or two URLs; an entry is
  * replaced only while no transfer uses it, since libcurl reads the handle
  * until the transfer is removed. */
 #define URL_CACHE 8
@@ -585,7 +584,7 @@ static void setup_easy(engine *e, CURL *h, ord_req *r)
 /* ---- request lifecycle on the engine thread ---- */
 static void count_status(long status)
 {
-    if (status > 0 && status < 600)
+    if (status > 0 && status < ORD_HTTP_STATUS_END)
         g_stats.status_count[status]++;
 }
 
@@ -603,6 +602,7 @@ static void set_gauges_locked(const engine *e)
         g->pub.rate_limited = g->rate_limited;
         g->pub.waited_calls = g->waited_calls;
         g->pub.succeeded = g->succeeded;
+        g->pub.rate = ord_policy_adaptive() ? g->rate : 0.0;
         g->pub.cooldown_s = (double)g->cooldown_ms / 1000.0;
         g->pub.cost = g->cost;
     }
@@ -1139,8 +1139,7 @@ static void publish_gauges(engine *e)
  * Per fd, a byte of state. A kept-alive connection stays in the epoll set
  * between calls: libcurl drops its interest (CURL_POLL_REMOVE) when a
  * transfer ends and asks again when the next one starts, and following that
- * literally cost three epoll_ctl calls per call (a fifth of the engine's
- * system time at 40,000 calls/s). That is safe only for sockets whose
+ * literally costs three epoll_ctl calls per call (docs/TUNING.md). That is safe only for sockets whose
  * close we see, so libcurl opens and closes its connections through our
  * callbacks (FD_OURS); any other fd it hands us (the threaded resolver's)
  * is added and deleted exactly as asked. */
@@ -1604,6 +1603,7 @@ int ord_engine_endpoints(ord_endpoint_stats *out, int max)
         o->rate_limited = g->pub.rate_limited;
         o->waited_calls = g->pub.waited_calls;
         o->succeeded = g->pub.succeeded;
+        o->rate = g->pub.rate;
         o->cooldown_s = g->pub.cooldown_s;
         o->cost = g->pub.cost;
     }

@@ -431,7 +431,7 @@ static int add_endpoints(PyObject *d)
     for (int i = 0; i < n && rc == 0; i++) {
         const ord_endpoint_stats *o = &eps[i];
         PyObject *one = Py_BuildValue(
-            "{slslslsKsKsKsdsd}", "limit", o->limit, "in_flight", o->in_flight, "queued", o->queued,
+            "{slsdslslsKsKsKsdsd}", "limit", o->limit, "rate", o->rate, "in_flight", o->in_flight, "queued", o->queued,
             "rate_limited", (unsigned long long)o->rate_limited, "waited_calls",
             (unsigned long long)o->waited_calls, "succeeded", (unsigned long long)o->succeeded,
             "cooldown_s", o->cooldown_s, "cost", o->cost);
@@ -492,7 +492,7 @@ static PyObject *mod_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
     for (int i = 1; i < ORD_REASON_COUNT; i++)
         if (s.by_reason[i] && i != ORD_CANCELLED && dict_set_u64(by, ord_reason_get(i)->name, s.by_reason[i]) < 0)
             goto error;
-    for (int code = 1; code < 600; code++) {
+    for (int code = 1; code < ORD_HTTP_STATUS_END; code++) {
         if (!s.status_count[code])
             continue;
         PyObject *k = PyLong_FromLong(code), *v = PyLong_FromUnsignedLongLong(s.status_count[code]);
@@ -635,6 +635,7 @@ static PyMethodDef mod_methods[] = {
     {"cancel", (PyCFunction)(void (*)(void))mod_cancel, METH_FASTCALL,
      "cancel(key[, fut]): abort the call of a cancelled task (fut: its future, to find it outside its loop)."},
     {"stats", mod_stats, METH_NOARGS, "Process-wide counters."},
+    {"endpoint", ord_mod_endpoint, METH_VARARGS, "endpoint(base_url=None) -> what a call would use."},
     {"latency_histogram", ord_mod_latency_histogram, METH_NOARGS,
      "latency_histogram() -> tuple of bucket counts since start (see latency_buckets)."},
     {"latency_buckets", ord_mod_latency_buckets, METH_NOARGS,

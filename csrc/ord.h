@@ -1,9 +1,14 @@
 /*
  * ord.h - the one internal header of openrouter_direct's extension.
  *
- * The data path, one file per stage:
+ * The data path, one file per stage (docs/ARCHITECTURE.md walks it):
  *   module.c    Python glue: argument checks, submit/call/cancel/stats, module state.
- *   request.c   Python objects -> JSON body and header list (GIL held).
+ *   request.c   a Python call -> a ready-to-send request (GIL held), with:
+ *     env.c       the environment a call reads, in one pass (and libcurl's proxy rules);
+ *     endpoint.c  the key and base URL, URL checks, model-name mapping;
+ *     jsonw.c     the JSON writer the body is written with;
+ *     headers.c   the header list, shared between calls that send the same one;
+ *     reqlife.c   a request's reference count, and freeing what it owns.
  *   engine.c    the native engine thread: curl multi, the process-wide cap,
  *               per-endpoint queues, cancellation (never touches Python).
  *   policy.c    what to do after an attempt: the failure table, the retry
@@ -11,9 +16,16 @@
  *               cooldowns, rate-limit waits, the cost guard). No GIL.
  *   hedge.c     when a slow attempt gets a second one (hedged requests): the
  *               latency estimate, the trigger, the budget. No GIL.
- *   response.c  response body -> content / error (no GIL).
- *   deliver.c   completion channels: engine -> event loop or sync waiter, in batches.
+ *   response.c  response body -> content / error (no GIL): the cJSON path and
+ *               the redaction of the key from messages; the usual reply goes to
+ *     reader.c    the one-pass reader of a successful reply's usual shape.
+ *   deliver.c   completion queues: engine -> waiter, in batches (any thread).
+ *   channel.c   the Python Channel type: a loop's queue, resolving its futures.
  *   metrics.c   the latency histogram as Python objects, for od.metrics() intervals.
+ *
+ * Within a stage the calls run one way: request.c -> endpoint.c -> env.c,
+ * request.c -> headers.c -> reqlife.c, request.c -> jsonw.c (which needs
+ * nothing); response.c -> reader.c; channel.c -> deliver.c.
  *
  * The rule that keeps it correct: a struct ord_req never points at a Python
  * object. Python references live only in structures touched with the GIL held
@@ -30,11 +42,23 @@
 #include <stdint.h>
 #include <string.h>
 
-#define ORD_USER_AGENT "openrouter_direct/0.1"
+/* setup.py defines it from openrouter_direct.__version__, the one place the
+ * version is written; the fuzzing harnesses, built without setup.py, send a
+ * bare name. */
+#ifndef ORD_USER_AGENT
+#define ORD_USER_AGENT "openrouter_direct"
+#endif
 
-/* ---- limits, named once */
+/* ---- limits and defaults, named once */
 #define ORD_RETRY_AFTER_CAP_MS 60000      /* longest Retry-After honoured */
 #define ORD_RATE_LIMIT_WAIT_S 600.0       /* OPENROUTER_RATE_LIMIT_WAIT default */
+#define ORD_DEFAULT_BASE "https://openrouter.ai/api/v1" /* OPENAI_API_BASE default */
+#define ORD_DEFAULT_TIMEOUT_S 600.0       /* LITELLM_DEFAULT_TIMEOUT default, LiteLLM's */
+#define ORD_CONNECT_TIMEOUT_MAX_MS 10000  /* a connect gets at most this of the timeout */
+#define ORD_MAX_RETRIES_DEFAULT 5         /* num_retries default, DR-Tulu's */
+#define ORD_MAX_RETRIES_CAP 1000          /* more num_retries count as this many */
+#define ORD_MAX_RESPONSE_DEFAULT (64.0 * 1024 * 1024) /* OPENROUTER_MAX_RESPONSE_BYTES default */
+#define ORD_HTTP_STATUS_END 600           /* statuses counted one by one: 1..599 */
 #define ORD_HEDGE_DEFAULT_Q 0.995         /* OPENROUTER_HEDGE default: p99.5 (docs/HEDGING.md) */
 #define ORD_HEDGE_DEFAULT_BUDGET 0.05     /* OPENROUTER_HEDGE_BUDGET default */
 
@@ -44,8 +68,8 @@
  * character, '"' or '\\'), or end. Prompts are kilobytes of text with an
  * escape every line or so, so the scan goes 16 bytes at a time (SSE2, part of
  * every x86-64) or 8 (the "has a zero byte" trick, elsewhere); in both, the
- * lowest flagged byte is exact. Used to write strings (request.c) and to
- * read them (response.c). */
+ * lowest flagged byte is exact. Used to write strings (jsonw.c) and to
+ * read them (reader.c). */
 #if defined(__SSE2__)
 #include <emmintrin.h>
 static inline const unsigned char *ord_plain_run(const unsigned char *p, const unsigned char *end)
@@ -88,7 +112,7 @@ static inline const unsigned char *ord_plain_run(const unsigned char *p, const u
 }
 #endif
 
-/* ---- failure reasons: one table (response.c) maps each to its name, its
+/* ---- failure reasons: one table (policy.c) maps each to its name, its
  * retry decision and the strict-mode exception class. */
 typedef enum {
     ORD_OK = 0,
@@ -129,9 +153,16 @@ typedef struct {
 #define ORD_ATTEMPT_LOG 16
 
 struct ord_chan;
-struct ord_hdrs;
 struct ord_gov;
 struct ord_hest;
+
+/* A header list shared between calls that send the same headers (headers.c
+ * keeps the last one; reqlife.c frees it with its last reference). */
+struct ord_hdrs {
+    atomic_int refs;
+    struct curl_slist *list;
+    char *key, *referer, *title;  /* what the list was built from; NULL: unset */
+};
 
 /* Request states, owned by the engine thread. HEDGED: the call's own
  * attempt failed while its hedge was on the wire; it waits for the hedge. */
@@ -151,9 +182,9 @@ typedef struct ord_req {
     char *body;
     size_t body_len;
     struct curl_slist *headers;
-    struct ord_hdrs *shared_headers; /* when set, headers belongs to it (request.c) */
+    struct ord_hdrs *shared_headers; /* when set, headers belongs to it (headers.c) */
     char *cainfo;                 /* NULL: libcurl's default bundle */
-    char *proxy, *noproxy;        /* from the environment (request.c); NULL: none */
+    char *proxy, *noproxy;        /* from the environment (env.c); NULL: none */
     char *secret;                 /* the key, only to redact it from messages */
     char *model;                  /* for log lines */
     long timeout_ms;
@@ -207,12 +238,16 @@ typedef struct ord_req {
     struct ord_req *cancel_next;  /* engine cancel list link */
 } ord_req;
 
+/* ---- reqlife.c: a request's lifetime (any thread) */
 ord_req *ord_req_new(void);
 void ord_req_incref(ord_req *r);
 void ord_req_decref(ord_req *r);
 void ord_hdrs_decref(struct ord_hdrs *h);
 /* Record a failure that happens before the request reaches the engine. */
 void ord_req_fail(ord_req *r, ord_reason reason, long status, const char *msg);
+/* Free text or a header list that may hold the key, wiping it first. */
+void ord_wipe_free(char *s);
+void ord_free_header_list(struct curl_slist *list);
 
 /* ---- response.c: parse one finished attempt (no GIL) */
 typedef struct {
@@ -226,7 +261,17 @@ ord_reason ord_parse_reply(ord_req *r, long http_status, ord_usage *usage);
 ord_reason ord_curl_reason(CURLcode code);
 char *ord_redact(const char *msg, const char *secret);
 
-/* ---- deliver.c: completion channels */
+/* ---- reader.c: the usual reply in one pass (no GIL) */
+/* 1: r->content and *usage are set, the reply is ORD_OK. 0: r and *usage are
+ * untouched, and cJSON must read the reply. */
+int ord_read_usual(ord_req *r, ord_usage *usage);
+/* A JSON number as a C long, or 0 when it is not in [0, max]. */
+long ord_sane_long(double d, double max);
+/* Sets usage's three numbers, each NULL when absent or not a number: one
+ * function for both readers, so that they store usage alike. */
+void ord_usage_from(ord_usage *u, const double *prompt, const double *completion, const double *cost);
+
+/* ---- deliver.c: completion queues (any thread) */
 typedef struct ord_chan {
     atomic_int refs;
     pthread_mutex_t mu;
@@ -258,17 +303,21 @@ typedef struct ord_gov {
 
     /* control (engine thread only) */
     double limit;                 /* calls on the wire allowed now, 1..cap */
-    double w_max;                 /* limit at the last cut; 0 before any */
-    int slow_start;               /* no rate-limit signal yet: +1 per success */
-    int64_t epoch_ms;             /* when the last cut happened */
+    int slow_start;               /* no rate measured yet: 1 growing fast, 2 after an early signal */
+    double rate;                  /* starts per second allowed; 0: not pacing (no signal yet) */
+    double rate_max;              /* the start rate the endpoint last turned away */
+    double rate_base;             /* the rate set by the last cut */
+    double tokens;                /* starts that may leave now, while pacing */
+    int64_t tok_ms;               /* when tokens were last filled */
+    int64_t epoch_ms;             /* when attempts could go again after the last cut */
     int64_t cut_guard_ms;         /* no second cut before: one round trip */
     int64_t cool_until_ms;        /* no new attempts before this */
-    int64_t pace_until_ms;        /* after a cooldown: starts spread until then */
-    int64_t next_start_ms;        /* while pacing: the next start's time */
     double srtt_ms;               /* smoothed attempt time of successes */
     int rl_streak;                /* rate-limit answers since the last success */
-    uint32_t ok_bins[4];          /* successes per 250 ms, the last second */
-    int64_t ok_bin_t;             /* start of the newest bin */
+    uint16_t st_bins[50];         /* attempts started per 100 ms, the last 5 s */
+    uint16_t rl_bins[50];         /* of those, answered with a rate-limit signal */
+    int64_t bin_t;                /* start of the newest bin */
+    int64_t bin_origin_ms;        /* when the bins began counting */
     long shown_limit;             /* last limit reported (DEBUG events) */
     uint64_t rate_limited, waited_calls, succeeded;
     int64_t cooldown_ms;          /* time new attempts were held, in total */
@@ -278,7 +327,7 @@ typedef struct ord_gov {
     struct {
         long limit, in_flight, queued;
         uint64_t rate_limited, waited_calls, succeeded;
-        double cooldown_s, cost;
+        double rate, cooldown_s, cost;
     } pub;
 } ord_gov;
 
@@ -351,7 +400,7 @@ typedef struct {
     uint64_t hedge_waste_prompt, hedge_waste_completion;
     double hedge_waste_cost;
     uint64_t by_reason[ORD_REASON_COUNT];
-    uint64_t status_count[600];
+    uint64_t status_count[ORD_HTTP_STATUS_END];
     uint64_t prompt_tokens, completion_tokens;
     double cost;
     long in_flight, queued;
@@ -366,7 +415,7 @@ typedef struct {
     int key_no;
     long limit, in_flight, queued;
     uint64_t rate_limited, waited_calls, succeeded;
-    double cooldown_s, cost;
+    double rate, cooldown_s, cost;  /* rate: starts/s allowed, 0 when not pacing */
 } ord_endpoint_stats;
 int ord_engine_endpoints(ord_endpoint_stats *out, int max);
 double ord_engine_cost(void);          /* usage.cost of every reply so far */
@@ -380,6 +429,7 @@ long ord_engine_get_limit(void);
 void ord_engine_snapshot(ord_stats *out);
 void ord_engine_count_immediate(ord_req *r);  /* a call that failed before the engine */
 void ord_engine_after_fork_child(void);
+extern atomic_uint ord_fork_generation;  /* bumped in a forked child (engine.c) */
 int64_t ord_now_ms(void);
 uint64_t ord_next_seq(void);
 /* The latency histogram (every finished, not cancelled call): copies up to n
@@ -391,6 +441,75 @@ double ord_engine_hist_value(size_t b);
 /* ---- metrics.c (GIL held): the histogram for od.metrics() */
 PyObject *ord_mod_latency_histogram(PyObject *module, PyObject *ignored);
 PyObject *ord_mod_latency_buckets(PyObject *module, PyObject *ignored);
+
+/* ---- env.c (GIL held): the variables a call reads, found in one pass over
+ * the environment. A new variable: an entry here and in env.c's env_names. */
+enum {
+    ORD_E_OPENAI_API_KEY, ORD_E_OPENROUTER_API_KEY, ORD_E_OPENAI_API_BASE,
+    ORD_E_OPENROUTER_REFERER, ORD_E_OPENROUTER_TITLE, ORD_E_OPENROUTER_MODEL_MAP,
+    ORD_E_LITELLM_DEFAULT_TIMEOUT, ORD_E_OPENROUTER_RETRY_BASE_DELAY,
+    ORD_E_OPENROUTER_RETRY_MAX_DELAY, ORD_E_OPENROUTER_MAX_RESPONSE_BYTES,
+    ORD_E_OPENROUTER_RAISE_ON_ERROR, ORD_E_SSL_CERT_FILE, ORD_E_CURL_CA_BUNDLE,
+    ORD_E_no_proxy, ORD_E_NO_PROXY, ORD_E_http_proxy, ORD_E_https_proxy, ORD_E_HTTPS_PROXY,
+    ORD_E_all_proxy, ORD_E_ALL_PROXY,
+    ORD_E_COUNT
+};
+
+/* Values point into environ, as getenv's do. They stay valid for the whole
+ * call even if Python code run meanwhile changes os.environ: glibc's setenv
+ * and unsetenv never free a string they replace or remove. */
+typedef struct {
+    const char *v[ORD_E_COUNT]; /* NULL: unset or empty */
+} ord_env;
+
+void ord_env_scan(ord_env *env);
+double ord_env_double(const ord_env *env, int which, double dflt);  /* dflt: unset, bad, < 0 */
+int ord_env_true(const ord_env *env, int which);                  /* 1, true, yes */
+/* The proxy and no_proxy libcurl would take from the environment for base. */
+void ord_env_proxy(const ord_env *env, const char *base, const char **proxy, const char **noproxy);
+const char *ord_env_cainfo(const ord_env *env);                   /* NULL: libcurl's default */
+
+/* A table of names, looked up by length and bytes (env.c, request.c's kwargs). */
+typedef struct {
+    const char *name;
+    size_t len;
+} ord_named;
+#define ORD_NAMED(s) {s, sizeof s - 1}
+int ord_name_index(const ord_named *table, int count, const char *s, size_t n);  /* -1: absent */
+
+/* ---- endpoint.c (GIL held): where a call goes, with which key */
+typedef struct {
+    const char *key;              /* NULL: none */
+    const char *key_source;       /* "api_key", "OPENAI_API_KEY", "OPENROUTER_API_KEY"; NULL: none */
+    const char *base;             /* the base URL */
+    int openrouter;               /* openrouter.ai or a subdomain: model names are mapped */
+    int plain_http;               /* http:// to a host that is not loopback */
+} ord_endpoint;
+void ord_endpoint_resolve(ord_endpoint *ep, const char *key, const char *base, const ord_env *env);
+char *ord_endpoint_url(const char *base);  /* malloc: base + "/chat/completions" */
+/* The model name to send (out holds it when mapped); *auto_mapped: a bare
+ * OpenAI name was given the openai/ prefix. */
+const char *ord_map_model(const char *map, const char *name, int openrouter, char *out, size_t outsz,
+                          int *auto_mapped);
+PyObject *ord_mod_endpoint(PyObject *module, PyObject *args);  /* _native.endpoint */
+
+/* ---- jsonw.c (GIL held): JSON text into one growing buffer */
+typedef struct {
+    char *p;
+    size_t len, cap;
+    int oom;                      /* an allocation failed: later writes do nothing */
+} ord_jw;
+int ord_jw_reserve(ord_jw *w, size_t more);
+void ord_jw_put(ord_jw *w, const char *s, size_t n);
+#define ORD_JW_LIT(w, s) ord_jw_put((w), "" s, sizeof(s) - 1)  /* s: a string literal */
+void ord_jw_string(ord_jw *w, const char *s, size_t n);
+/* Any JSON-able Python value; -1 with TypeError (naming what) or MemoryError. */
+int ord_jw_value(ord_jw *w, PyObject *o, const char *what, int depth);
+int ord_dec_ll(char *out, long long v);  /* out: 24 bytes; returns the length */
+
+/* ---- headers.c (GIL held): r->headers, shared or its own. Returns 0, -1
+ * (exception set), or 1 (a header with CR/LF: r already failed). */
+int ord_take_headers(ord_req *r, const char *key, PyObject *extra, const ord_env *env);
 
 /* ---- request.c (GIL held) */
 typedef struct {
@@ -422,7 +541,7 @@ typedef struct {
 ord_state *ord_get_state(PyObject *module);
 extern PyType_Spec ord_channel_spec;
 
-/* deliver.c: the channel of the running loop, made on first use. */
+/* channel.c: the channel of the running loop, made on first use. */
 PyObject *ord_channel_for_loop(PyObject *module, PyObject *loop);
 int ord_channel_track(PyObject *channel, ord_req *r, PyObject *future);
 int ord_channel_untrack(PyObject *channel, PyObject *key, PyObject *expect, ord_req **out);
@@ -431,6 +550,5 @@ ord_chan *ord_channel_native(PyObject *channel);
 /* The Python value for a finished request: str, or an exception instance
  * (*is_exception set) in strict mode. NULL on error. */
 PyObject *ord_result_object(PyObject *module, ord_req *r, int *is_exception);
-extern atomic_uint ord_fork_generation;
 
 #endif /* ORD_H */

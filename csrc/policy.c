@@ -8,24 +8,27 @@
  * endpoint (request URL + key), so that the many processes of a training run
  * (one per vLLM Ray actor) share a rate limit with no coordinator:
  *
- * - Adaptive concurrency. The calls on the wire per endpoint move between 1
- *   and the configured cap. A rate-limit signal (429; 503 with Retry-After;
- *   the 402 of OpenRouter's in-flight budget) cuts the limit to BETA times
- *   what the endpoint sustained (the calls it admitted that are still in
- *   flight, or its rate of successes times a round trip if lower), at most
- *   once per round trip. Successes grow it back the way CUBIC (RFC 8312) grows a congestion
- *   window: concave up to the level of the last cut, flat near it, then
- *   convex, so the endpoint is probed rarely where it last said no, and a
- *   raised limit is found within a few seconds. Independent processes that
- *   see the same 429s cut by the same factor and so converge to fair shares,
- *   as AIMD does (Chiu and Jain, 1989). Before the first signal the limit
- *   starts low and doubles per round trip (slow start), so that 64 processes
- *   starting at once do not burst 64 x cap into one limit.
+ * - Adaptive pacing. A rate limit counts starts, so the governor paces
+ *   starts. Before the first rate-limit signal (429; 503 with Retry-After;
+ *   the 402 of OpenRouter's in-flight budget) nothing is paced and the calls
+ *   on the wire start low and triple per round trip (slow start), so that 64
+ *   processes starting at once do not burst 64 x cap into one limit. A
+ *   signal sets the paced rate to BETA times the rate the endpoint admitted
+ *   (counted at the start of each attempt over the last seconds), at most
+ *   once per round trip. From there the rate climbs back within a second to
+ *   just under that level, holds it for a few seconds, then probes upwards
+ *   by doubling until the endpoint says no again: probing costs a cooldown
+ *   (below), so it is done rarely where the level held, and a raised limit
+ *   is found in a second or two once the probe begins. An additive floor,
+ *   the same for every process, is what makes the shares of independent
+ *   processes converge (AIMD; Chiu and Jain, 1989): the signals hit each in
+ *   proportion to its rate, the floor lifts each by the same amount.
+ *   The calls on the wire stay bounded too, by what the paced rate needs
+ *   (Little's law, with headroom), so an in-flight limit is met as well.
  *   Latency is not a signal here: an LLM's latency is its output length.
  * - One cooldown per endpoint. Retry-After (or retry-after-ms) stops new
  *   attempts to the endpoint until it passes, plus a little jitter so that
- *   processes do not resume in lockstep; then starts are spread over one
- *   round trip instead of leaving as one burst.
+ *   processes do not resume in lockstep; then the pacing spreads the starts.
  * - A call turned away by a rate limit goes back to its queue, behind the
  *   calls already waiting, and does not spend num_retries; it spends
  *   OPENROUTER_RATE_LIMIT_WAIT.
@@ -104,22 +107,35 @@ double ord_policy_max_cost(void) { return atomic_load(&g_max_cost); }
 double ord_policy_rate_limit_wait(void) { return atomic_load(&g_rl_wait_s); }
 
 /* ---- the governor's constants.
- * BETA: the cut. RFC 8312's CUBIC uses 0.7 of a window that overshot; this
- * cut is taken from the calls the endpoint actually admitted (those still in
- * flight when it said no), so it can be gentler.
- * K: the seconds to grow back to the level of the last cut. CUBIC derives K
- * from a constant in segments per s^3, which makes growth depend on the
- * window's size; here the cubic is scaled to the level itself, so 1 process
- * at 40 calls and 8 processes at 5 each probe at the same pace, and shares
- * stay fair. With K = 2 s and BETA = 0.9, the limit is within 4% of the
- * last level from 0.5 s to 3.5 s after a cut's cooldown, and has doubled
- * 6.3 s after it: a limit that was raised is found within seconds
- * (bench/ratelimit.py, docs/GOVERNOR.md). */
+ * BETA: the cut, applied to the start rate the endpoint admitted (and to
+ * the calls in flight then). RFC 8312's CUBIC uses 0.7 of a window that
+ * overshot; a paced rate overshoots by little, so the cut can be gentler.
+ * PLATEAU, UP, PROBE, DOUBLE: after a cut the rate is back at PLATEAU times
+ * the admitted rate after UP seconds, holds until PROBE seconds, then
+ * doubles every DOUBLE seconds. Each probe that finds the same level costs
+ * one Retry-After of pause for the process it hits, so PROBE trades the
+ * time a lone process loses (about a cooldown per PROBE + 2 s) against how
+ * soon a raised limit is found (about PROBE + 1 s at worst, much less when
+ * many processes probe at different times). The shape is CUBIC's (concave
+ * to the last level, flat near it, then convex), scaled to the rate itself
+ * so that 1 process at 100 calls/s and 8 at 12 each probe at the same pace.
+ * AI: the same additive growth for every process, in calls/s per second;
+ * the scaled shape alone keeps unequal shares unequal. 1 left 4 processes
+ * that started unequally at 9 and 83 calls/s for 15 s; 4 brings them
+ * together within a few seconds (Jain 0.97 -> 0.99+). Figures:
+ * bench/ratelimit.py, docs/GOVERNOR.md. */
 #define GOV_BETA 0.9
-#define GOV_K_S 2.0
-#define GOV_AI 0.5          /* calls per round trip, at the least, after a cut */
-#define GOV_INITIAL 8       /* slow start begins here (or at the cap) */
-#define GOV_MIN_RTT_MS 20.0 /* a round trip is at least this, for the cut guard and pacing */
+#define GOV_PLATEAU 0.98
+#define GOV_UP_S 1.0
+#define GOV_PROBE_S 5.0
+#define GOV_DOUBLE_S 1.0
+#define GOV_AI 4.0          /* calls/s per second, after a cut */
+#define GOV_SLOW_START_GROWTH 2.0 /* calls added per success in slow start: x3 a round trip */
+#define GOV_INITIAL 4       /* slow start begins here (or at the cap) */
+#define GOV_MIN_RTT_MS 20.0 /* a round trip is at least this, for the cut guard */
+#define GOV_BURST_S 0.01    /* pacing lets this much of a second's starts leave at once */
+#define GOV_RATE_MAX 1e6    /* starts/s: past this, pacing holds nothing back */
+#define GOV_HEADROOM 1.5    /* calls in flight allowed over what the paced rate needs */
 
 uint64_t ord_key_hash(const char *key)
 {
@@ -149,9 +165,9 @@ ord_gov *ord_gov_new(const char *url, uint64_t key_hash, int key_no, long cap)
 void ord_gov_reset(ord_gov *g, long cap)
 {
     g->limit = cap < GOV_INITIAL ? (double)cap : GOV_INITIAL;
-    g->w_max = 0;
     g->slow_start = 1;
-    g->epoch_ms = g->cut_guard_ms = g->cool_until_ms = g->pace_until_ms = g->next_start_ms = 0;
+    g->rate = g->rate_max = g->rate_base = g->tokens = 0;
+    g->epoch_ms = g->cut_guard_ms = g->cool_until_ms = g->tok_ms = 0;
     g->rl_streak = 0;
     limit_changed(g, "reset");
 }
@@ -228,12 +244,104 @@ static double rtt_ms(const ord_gov *g)
     return g->srtt_ms > GOV_MIN_RTT_MS ? g->srtt_ms : GOV_MIN_RTT_MS;
 }
 
+/* Attempts started, and those turned away by a rate limit, per 100 ms over
+ * the last 5 s: what the endpoint admitted, measured where it decides (at
+ * the start), not where replies come back one latency later. */
+#define BIN_MS 100
+#define BINS 50
+static void bins_advance(ord_gov *g, int64_t now)
+{
+    if (g->bin_t == 0 || now - g->bin_t >= BINS * BIN_MS) { /* first use, or idle: afresh */
+        memset(g->st_bins, 0, sizeof g->st_bins);
+        memset(g->rl_bins, 0, sizeof g->rl_bins);
+        g->bin_t = g->bin_origin_ms = now;
+        return;
+    }
+    while (now - g->bin_t >= BIN_MS) {
+        memmove(g->st_bins + 1, g->st_bins, (BINS - 1) * sizeof g->st_bins[0]);
+        memmove(g->rl_bins + 1, g->rl_bins, (BINS - 1) * sizeof g->rl_bins[0]);
+        g->st_bins[0] = g->rl_bins[0] = 0;
+        g->bin_t += BIN_MS;
+    }
+}
+
+static void bin_add(uint16_t *bin)
+{
+    if (*bin < UINT16_MAX)
+        (*bin)++;
+}
+
+/* Starts per second the endpoint admitted over the last span_ms, or since
+ * `from` if that is shorter; -1 when too little to tell. A token bucket
+ * admits its burst on top of its rate, so the longer the span, the nearer
+ * this comes to the rate itself. */
+static double admitted_rate(ord_gov *g, int64_t now, int64_t from, int64_t span_ms)
+{
+    bins_advance(g, now);
+    if (from < g->bin_origin_ms)
+        from = g->bin_origin_ms;
+    int64_t span = now - from;
+    if (span > span_ms)
+        span = span_ms;
+    if (span <= 0)
+        return -1;
+    int n = (int)((span + BIN_MS - 1) / BIN_MS);
+    long started = 0, refused = 0;
+    for (int k = 0; k < n && k < BINS; k++) {
+        started += g->st_bins[k];
+        refused += g->rl_bins[k];
+    }
+    /* The newest bin is partly filled: count the time it covers, and at
+     * least one bin's, so that the first few calls of a burst are not
+     * taken for a rate of thousands a second. */
+    double secs = ((double)(n - 1) * BIN_MS + (double)(now - g->bin_t)) / 1000.0;
+    if (secs < BIN_MS / 1000.0)
+        secs = BIN_MS / 1000.0;
+    return (double)(started - refused) / secs;
+}
+
+/* The paced rate after a cut, by the time t since attempts could go again:
+ * back up to just under the rate the endpoint turned away within GOV_UP_S
+ * (concave, fast at first), held there until GOV_PROBE_S, then doubled every
+ * GOV_DOUBLE_S until the endpoint says no again; never below an additive
+ * floor. Time-based, so it does not depend on how many replies happen to
+ * come back. */
+static void rate_grow(ord_gov *g, int64_t now)
+{
+    if (g->rate <= 0 || now <= g->epoch_ms)
+        return;
+    double t = (double)(now - g->epoch_ms) / 1000.0;
+    double plateau = GOV_PLATEAU * g->rate_max;
+    double r = plateau;
+    if (t < GOV_UP_S) {
+        double left = 1.0 - t / GOV_UP_S;
+        r = plateau - (plateau - g->rate_base) * left * left * left;
+    } else if (t > GOV_PROBE_S) {
+        r = plateau * exp2((t - GOV_PROBE_S) / GOV_DOUBLE_S);
+    }
+    double floor_r = g->rate_base + GOV_AI * t;
+    if (r < floor_r)
+        r = floor_r;
+    if (r > GOV_RATE_MAX)
+        r = GOV_RATE_MAX;
+    if (r > g->rate)
+        g->rate = r;
+}
+
 int64_t ord_gov_gate(ord_gov *g, int64_t now, long cap)
 {
     if (!ord_policy_adaptive())
         return 0; /* the engine's process-wide cap is the only bound */
     if (now < g->cool_until_ms)
         return g->cool_until_ms;
+    if (g->rate > 0) {
+        rate_grow(g, now);
+        /* Little's law: the calls in flight the paced rate needs, with room
+         * for replies slower than usual; the rate is what binds. */
+        double need = GOV_HEADROOM * g->rate * g->srtt_ms / 1000.0;
+        if (g->limit < need)
+            g->limit = need < (double)cap ? need : (double)cap;
+    }
     long lim = (long)g->limit;
     if (lim > cap)
         lim = cap;
@@ -241,73 +349,49 @@ int64_t ord_gov_gate(ord_gov *g, int64_t now, long cap)
         lim = 1;
     if (g->n_active >= lim)
         return -1;
-    if (now < g->pace_until_ms && now < g->next_start_ms)
-        return g->next_start_ms;
+    if (g->rate > 0) {
+        double burst = g->rate * GOV_BURST_S;
+        if (burst < 1.0)
+            burst = 1.0;
+        if (g->tok_ms > 0 && now > g->tok_ms)
+            g->tokens += g->rate * (double)(now - g->tok_ms) / 1000.0;
+        g->tok_ms = now;
+        if (g->tokens > burst)
+            g->tokens = burst;
+        if (g->tokens < 1.0) {
+            int64_t wait = (int64_t)ceil((1.0 - g->tokens) * 1000.0 / g->rate);
+            return now + (wait > 0 ? wait : 1);
+        }
+    }
     return 0;
 }
 
 void ord_gov_started(ord_gov *g, int64_t now)
 {
-    if (now < g->pace_until_ms) {
-        double gap = rtt_ms(g) / (g->limit > 1 ? g->limit : 1);
-        int64_t base = g->next_start_ms > now ? g->next_start_ms : now;
-        g->next_start_ms = base + (int64_t)ceil(gap);
-    }
-}
-
-/* Successes in the last second, by 250 ms bins: the rate the endpoint admitted. */
-#define OK_BIN_MS 250
-static void ok_bins_advance(ord_gov *g, int64_t now)
-{
-    if (g->ok_bin_t == 0)
-        g->ok_bin_t = now;
-    while (now - g->ok_bin_t >= OK_BIN_MS) {
-        memmove(g->ok_bins + 1, g->ok_bins, 3 * sizeof g->ok_bins[0]);
-        g->ok_bins[0] = 0;
-        g->ok_bin_t += OK_BIN_MS;
-        if (now - g->ok_bin_t > 4 * OK_BIN_MS) { /* idle: start afresh */
-            memset(g->ok_bins, 0, sizeof g->ok_bins);
-            g->ok_bin_t = now;
-        }
-    }
+    bins_advance(g, now);
+    bin_add(&g->st_bins[0]);
+    if (g->rate > 0)
+        g->tokens -= 1.0;
 }
 
 void ord_gov_succeeded(ord_gov *g, ord_req *r, int64_t now, long cap)
 {
-    ok_bins_advance(g, now);
-    g->ok_bins[0]++;
     double ms = (double)(now - r->t_attempt_ms);
     g->srtt_ms = g->srtt_ms > 0 ? 0.875 * g->srtt_ms + 0.125 * ms : ms;
     g->rl_streak = 0;
     g->succeeded++;
-    if (!ord_policy_adaptive())
-        return;
-    /* Grow only while the limit is what holds calls back: a limit that was
-     * never used says nothing about the endpoint. */
+    if (!ord_policy_adaptive() || g->rate > 0)
+        return; /* once pacing, the rate grows with time (rate_grow) */
+    /* Slow start: the limit triples per round trip (a rate-limit answer
+     * comes back at once, so the overshoot it costs is a few calls per
+     * process). Grow only while the limit is what holds calls back: a
+     * limit that was never used says nothing about the endpoint. */
     if (g->n_pending == 0 && (double)(g->n_active + 1) < floor(g->limit))
         return;
-    double inc;
-    if (g->slow_start) {
-        inc = 1.0;
-    } else {
-        double t = (double)(now - g->epoch_ms) / 1000.0 - GOV_K_S;
-        if (t < -GOV_K_S)
-            t = -GOV_K_S; /* still cooling down */
-        double a = (1.0 - GOV_BETA) / (GOV_K_S * GOV_K_S * GOV_K_S);
-        double target = g->w_max * (1.0 + a * t * t * t);
-        inc = target > g->limit ? (target - g->limit) / g->limit : 0.0;
-        /* The cubic alone scales with each process's level, which keeps
-         * unequal shares unequal; the same additive step for everyone is
-         * what makes shares converge (AIMD; CUBIC's "TCP-friendly" floor). */
-        if (inc < GOV_AI / g->limit)
-            inc = GOV_AI / g->limit;
-        if (inc > 1.0)
-            inc = 1.0; /* at most doubling per round trip */
-    }
-    g->limit += inc;
+    g->limit += g->slow_start == 1 ? GOV_SLOW_START_GROWTH : 1.0 / g->limit;
     if (g->limit > (double)cap)
         g->limit = (double)cap;
-    limit_changed(g, g->slow_start ? "slow start" : "growing");
+    limit_changed(g, "slow start");
 }
 
 /* The signals that mean "fewer calls, please" rather than "this call failed". */
@@ -321,25 +405,50 @@ static int rate_limit_signal(const ord_req *r, ord_reason reason)
 
 static void cut(ord_gov *g, int64_t now)
 {
+    bins_advance(g, now);
+    bin_add(&g->rl_bins[0]);
     if (now < g->cut_guard_ms)
         return; /* this round trip was answered already */
-    double admitted = (double)(g->n_active + 1);
-    double base = g->limit < admitted ? g->limit : admitted;
-    /* What was in flight includes what a burst allowance let through; the
-     * rate of successes over the last second, times a round trip, is what
-     * the endpoint sustains. Trusted only with enough successes to count,
-     * and not in slow start, where the last second's rate lags the ramp. */
-    ok_bins_advance(g, now);
-    uint32_t ok = g->ok_bins[0] + g->ok_bins[1] + g->ok_bins[2] + g->ok_bins[3];
-    if (!g->slow_start && ok >= 8 && g->srtt_ms > 0) {
-        double sustained = (double)ok * g->srtt_ms / 1000.0;
-        if (sustained < base)
-            base = sustained > base / 2 ? sustained : base / 2;
+    /* The rate it turned away: what it admitted lately, or the paced rate
+     * if that is lower (right after a cooldown the window is short). */
+    /* While pacing, counted from when attempts could go again (a cooldown
+     * in the window would count as a rate the endpoint did not admit); else,
+     * or when that is too short, over the last second. */
+    double seen = g->rate > 0 ? admitted_rate(g, now, g->epoch_ms, BINS * BIN_MS) : -1;
+    if (seen <= 0)
+        seen = admitted_rate(g, now, 0, 1000);
+    if (seen <= 0 && g->rate <= 0) {
+        /* Nothing admitted to measure a rate with: fewer calls on the wire,
+         * and slow start goes on from there until a signal can be measured. */
+        g->limit = (double)(g->n_active + 1) * GOV_BETA;
+        if (g->limit < 1.0)
+            g->limit = 1.0;
+        g->slow_start = 2; /* from here one more call per round trip */
+        g->cut_guard_ms = now + (int64_t)rtt_ms(g);
+        limit_changed(g, "rate limited");
+        return;
     }
+    double base = g->rate > 0 && (seen <= 0 || g->rate < seen) ? g->rate : seen;
+    /* Said no while probing past a level it held without a word: it admits
+     * at least that level (the window's mean also counts the climb to it). */
+    if (g->rate_max > 0 && now - g->epoch_ms > (int64_t)(GOV_PROBE_S * 1000) &&
+        base < GOV_PLATEAU * g->rate_max)
+        base = GOV_PLATEAU * g->rate_max;
     /* Turned away below the last level: others want a share too, so give
      * back more before probing again (CUBIC's fast convergence). */
-    g->w_max = g->w_max > 0 && base < g->w_max ? base * (1.0 + GOV_BETA) / 2.0 : base;
-    g->limit = base * GOV_BETA;
+    /* The first cut's measure counts the endpoint's burst allowance on top
+     * of its rate (the bucket was full when slow start began): hold the
+     * cut rate instead of climbing back to it. */
+    g->rate_max = g->slow_start ? base * GOV_BETA : base;
+    g->rate = g->rate_base = base * GOV_BETA;
+    g->tokens = 0;
+    /* Calls in flight: a cut of what was on the wire, but never below what
+     * the new rate needs (Little's law, with headroom), so that a rate limit
+     * is met by pacing and an in-flight limit by both. */
+    double inflight = (double)(g->n_active + 1) * GOV_BETA;
+    double need = GOV_HEADROOM * g->rate * g->srtt_ms / 1000.0;
+    double lim = inflight > need ? inflight : need;
+    g->limit = lim < g->limit || g->slow_start ? lim : g->limit;
     if (g->limit < 1.0)
         g->limit = 1.0;
     g->slow_start = 0;
@@ -365,8 +474,8 @@ static void cool(ord_gov *g, const ord_req *r, int64_t now, uint64_t *rng)
     g->cooldown_ms += until - from;
     g->cool_until_ms = until;
     g->epoch_ms = until; /* growth starts when attempts may go again */
-    g->next_start_ms = until;
-    g->pace_until_ms = until + (int64_t)rtt_ms(g);
+    g->tok_ms = until;
+    g->tokens = 0;
 }
 
 ord_next ord_policy_after(ord_gov *g, ord_req *r, ord_reason *reason, long http_status, int64_t now,
@@ -418,12 +527,13 @@ ord_next ord_policy_after(ord_gov *g, ord_req *r, ord_reason *reason, long http_
 
 /* Whether the governor is holding this endpoint back now: rate-limit
  * answers since the last success, a cooldown, or a cut (or the end of its
- * cooldown) less than quiet_ms ago. */
+ * cooldown) less than quiet_ms ago. slow_start is 1 only until the first
+ * cut (or a reset). */
 int ord_gov_holding(const ord_gov *g, int64_t now, int64_t quiet_ms)
 {
     if (g->rl_streak > 0 || now < g->cool_until_ms)
         return 1;
-    return !g->slow_start && now < g->epoch_ms + quiet_ms;
+    return g->slow_start != 1 && now < g->epoch_ms + quiet_ms;
 }
 
 int ord_rate_limit_answer(const ord_req *r, ord_reason reason)

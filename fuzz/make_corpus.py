@@ -50,7 +50,7 @@ RESPONSES = {
     "ok_odd_usage": (200, completion("x", usage={"prompt_tokens": 1e15, "completion_tokens": -5,
                                                  "cost": "free"})),
     "ok_201": (201, completion("created")),
-    # read_usual's ground (response.c): what it must read exactly as cJSON does, and where it
+    # read_usual's ground (reader.c): what it must read exactly as cJSON does, and where it
     # must leave the reply to cJSON
     "ok_escapes_no_nul": (200, completion("\b\f\n\r\t \"/\\ \u00e9\u20ac\U0001f600 \u2028")),
     "ok_numbers": (200, b'{"choices":[{"message":{"content":"n"}}],"usage":{"prompt_tokens":12e2,'

@@ -1,5 +1,6 @@
 /*
- * request_fuzzer.c - libFuzzer harness for the request builder (csrc/request.c).
+ * request_fuzzer.c - libFuzzer harness for the request builder (csrc/request.c
+ * and the files it builds with: env.c, endpoint.c, jsonw.c, headers.c, reqlife.c).
  *
  * ord_build_request takes Python objects, so this harness embeds CPython:
  * LLVMFuzzerInitialize starts an interpreter and imports fuzz/request_oracle.py,
@@ -21,7 +22,13 @@
  * the extension; the engine, the channels and the sequence counter are stubbed.
  */
 #include "../csrc/request.c"
+#include "../csrc/env.c"
+#include "../csrc/endpoint.c"
+#include "../csrc/jsonw.c"
+#include "../csrc/headers.c"
+#include "../csrc/reqlife.c"
 #include "../csrc/response.c"
+#include "../csrc/reader.c"
 #include "../csrc/policy.c"
 
 #include <stdint.h>

@@ -26,7 +26,7 @@ import os
 #             (2**53 is sent as 9.00719925474099e+15, 0.1 + 0.2 as 0.3)
 #   surrogate_headers
 #             an extra_headers key that is not valid Unicode leaves a UnicodeEncodeError
-#             pending (overridden() in request.c): SystemError instead of TypeError, or a
+#             pending (overridden() in headers.c): SystemError instead of TypeError, or a
 #             refused request returned with an exception still set
 TOLERATE = set(filter(None, os.environ.get("ORD_FUZZ_TOLERATE", "").split(",")))
 

@@ -1,6 +1,6 @@
 /*
  * response_fuzzer.c - libFuzzer harness for the response parser
- * (ord_parse_reply in csrc/response.c): pure C, no interpreter.
+ * (ord_parse_reply in csrc/response.c, with csrc/reader.c): pure C, no interpreter.
  *
  * Input: byte 0 picks the HTTP status (200 most of the time, else one of the
  * statuses OpenRouter sends), the rest is the response body exactly as libcurl
@@ -9,7 +9,7 @@
  *
  * Invariants, any failure aborts:
  *  - a 2xx reply that the fast reader takes, cJSON reads the same way (see
- *    read_usual): a success with the same content and the same usage;
+ *    ord_read_usual): a success with the same content and the same usage;
  *  - the outcome is one of ok / http_status / provider_error / invalid_response,
  *    and a non-2xx status is always http_status carrying that status;
  *  - success yields content of content_len bytes, no longer than the body;
@@ -27,6 +27,7 @@
  * key is always checked.
  */
 #include "../csrc/response.c"
+#include "../csrc/reader.c"
 #include "../csrc/policy.c"
 
 #include <stdint.h>
@@ -55,7 +56,7 @@ static int ends_with_cut_key(const char *msg, const uint8_t *body, size_t size)
     return 0;
 }
 
-/* Every reply the fast reader (read_usual) takes, cJSON reads the same way:
+/* Every reply the fast reader (ord_read_usual) takes, cJSON reads the same way:
  * a success with the same content, byte for byte, and the same usage. */
 static void check_readers_agree(const ord_req *in, long status)
 {
@@ -68,7 +69,7 @@ static void check_readers_agree(const ord_req *in, long status)
     f.buf_len = in->buf_len;
     f.secret = in->secret;
     c = f;
-    if (!read_usual(&f, &fu))
+    if (!ord_read_usual(&f, &fu))
         return;
     ord_reason reason = parse_with_cjson(&c, status, &cu);
     if (reason != ORD_OK || !c.content || c.content_len != f.content_len ||

@@ -1,8 +1,9 @@
 """Direct OpenRouter chat-completion calls for RL training loops.
 
-libcurl does the HTTP and cJSON the JSON in a native engine thread with the GIL released;
-``run_openrouter_async`` / ``run_openrouter`` are drop-ins for DR-Tulu's ``run_litellm_async`` /
-``run_litellm``. See README.md.
+A C extension does the work: it writes the request's JSON at the call, and a native engine thread,
+with the GIL released, does the HTTP with libcurl and reads the usual reply in one pass (cJSON
+reads errors and odd shapes). ``run_openrouter_async`` / ``run_openrouter`` are drop-ins for
+DR-Tulu's ``run_litellm_async`` / ``run_litellm``. See README.md.
 """
 
 from ._api import (call_openrouter, call_openrouter_async, call_openrouter_async_raw,

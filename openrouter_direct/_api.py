@@ -15,8 +15,12 @@ import os
 from . import errors
 from ._response import ChatResponse, from_bytes as _from_bytes
 
-# Annotations below are never evaluated (postponed), so typing is not imported: it alone would
-# cost more than the whole import budget.
+# Annotations are never evaluated (postponed), so typing is imported for type checkers only: at
+# run time it alone would cost more than the whole import budget.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 _load_lock = _thread.allocate_lock()
 _native: Any = None
 log: Any = None  # logging.getLogger("openrouter_direct"), set by _load
@@ -56,11 +60,11 @@ def _submit(*args: Any) -> Any:
     return _load().submit(*args)
 
 
-def _cancel(key: Any, fut: Any = None) -> None:
+def _cancel(key: int | None, fut: Any = None, /) -> None:
     _load().cancel(key, fut)
 
 
-def _call(*args: Any) -> str:
+def _call(*args: Any) -> Any:
     return _load().call(*args)
 
 
@@ -71,7 +75,8 @@ async def run_openrouter_async(model_name: str, user_prompt: str | None = None,
     """Drop-in for DR-Tulu's ``run_litellm_async``: the reply text, or "" when the call failed."""
     fut, key = _submit(model_name, user_prompt, system_prompt, messages, chat_kwargs, 16384)
     try:
-        return await fut
+        text: str = await fut
+        return text
     except BaseException:
         # Cancelled (or interrupted, or the coroutine closed after its loop was): abort the
         # transfer and free its slot. A no-op when the result was already delivered.
@@ -83,7 +88,8 @@ def run_openrouter(model_name: str, user_prompt: str | None = None,
                    system_prompt: str | None = None,
                    messages: list[dict[str, Any]] | None = None, **chat_kwargs: Any) -> str:
     """Drop-in for DR-Tulu's ``run_litellm``: blocks this thread (GIL released) until the reply."""
-    return _call(model_name, user_prompt, system_prompt, messages, chat_kwargs, 800)
+    text: str = _call(model_name, user_prompt, system_prompt, messages, chat_kwargs, 800)
+    return text
 
 
 async def run_openrouter_async_raw(model_name: str, user_prompt: str | None = None,
@@ -120,15 +126,16 @@ call_openrouter_raw = run_openrouter_raw
 
 def stats() -> dict[str, Any]:
     """Process-wide counters since start (or since fork, in a child)."""
-    return (_native or _load()).stats()
+    counters: dict[str, Any] = (_native or _load()).stats()
+    return counters
 
 
 def metrics(prefix: str = "openrouter/") -> dict[str, float]:
     """What changed since the last ``metrics()`` read, as a flat dict of numbers for
     ``wandb.log``: calls, succeeded, failed, ``failed/<reason>``, cancelled, retries,
-    rate_limited (attempts answered 429), hedges (sent) and hedges_won, cost, prompt/completion/total tokens, p50/p95 latency
-    (ms) of the calls finished in the interval, and the in_flight / queued gauges; every key
-    starts with ``prefix``."""
+    rate_limited (attempts answered 429), hedges (sent) and hedges_won, cost,
+    prompt/completion/total tokens, p50/p95 latency (ms) of the calls finished in the interval,
+    and the in_flight / queued gauges; every key starts with ``prefix``."""
     from ._metrics import metrics as read
     return read(_native or _load(), prefix)
 
@@ -142,11 +149,11 @@ def configure(*, max_concurrent_calls: int | None = None, max_cost: float | None
     (default: ``OPENROUTER_MAX_CONCURRENT_CALLS``, else 10); with ``adaptive`` on (the default,
     ``OPENROUTER_ADAPTIVE``) it is the ceiling the governor adapts under. ``max_cost`` is this
     process's budget in OpenRouter credits (USD), 0 for none (``OPENROUTER_MAX_COST``);
-    ``rate_limit_wait`` the seconds a call may wait out rate limits (``OPENROUTER_RATE_LIMIT_WAIT``).
-    ``hedge`` is when a slow attempt gets a second one: a percentile such as ``"p99.5"`` (the
-    default) or ``"p99"``, or ``"off"`` / ``False`` (``OPENROUTER_HEDGE``); ``hedge_budget`` the
-    share of calls that may be hedged, 0 to 1 (``OPENROUTER_HEDGE_BUDGET``, default 0.05).
-    docs/HEDGING.md has the whole story."""
+    ``rate_limit_wait`` the seconds a call may wait out rate limits
+    (``OPENROUTER_RATE_LIMIT_WAIT``). ``hedge`` is when a slow attempt gets a second one: a
+    percentile such as ``"p99.5"`` (the default) or ``"p99"``, or ``"off"`` / ``False``
+    (``OPENROUTER_HEDGE``); ``hedge_budget`` the share of calls that may be hedged, 0 to 1
+    (``OPENROUTER_HEDGE_BUDGET``, default 0.05). docs/HEDGING.md has the whole story."""
     global _budget_logged
     native = _native or _load()
     if max_concurrent_calls is not None:
@@ -252,7 +259,7 @@ _budget_logged = False
 
 
 def _on_failure(reason: str, status: int | None, message: str, model: str, request_id: int,
-                attempts: int, strict: bool, exc_name: str):
+                attempts: int, strict: bool, exc_name: str) -> str | errors.OpenRouterError:
     """Called by the engine (loop or caller thread, GIL held) for each failed call."""
     global _budget_logged
     if reason == "budget" and not strict:

@@ -8,8 +8,9 @@ failures, and prints one line per check with ✓ or ✗, the reason, and for a f
     N concurrent calls · sync call · an invalid model returns "" without raising
 
 Every call goes through the package's own functions (strict mode, so the status and message of a
-failure are at hand); only ``GET /key`` uses urllib, with the proxy variables and CA bundle read as
-libcurl reads them. Exit status 0 only when every check passed; ``--json`` prints one object.
+failure are at hand); only ``GET /key`` uses urllib, with the key, proxy and CA bundle that the
+extension says a call would use (``_native.endpoint``), not read again here. Exit status 0 only
+when every check passed; ``--json`` prints one object.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 from . import _api, errors
 from ._progress import Progress
 
-DEFAULT_BASE = "https://openrouter.ai/api/v1"
+DEFAULT_BASE = "https://openrouter.ai/api/v1"  # for the help text; calls use the extension's
 DEFAULT_MODEL = "openai/gpt-4o-mini"
 INVALID_MODEL = "fake/no-such-model"   # no "fake" provider exists on OpenRouter (nor elsewhere)
 
@@ -52,28 +53,32 @@ class Check:
     ms: float | None = None
 
 
-# ---------------------------------------------------------------- environment, as libcurl reads it
+# ------------------------------------------------ what a call would use, as the extension says
+
+def _endpoint(base: str | None = None) -> dict[str, Any]:
+    """What a call made now would use (base URL, key and its source, proxy, CA bundle) with this
+    base URL, or the environment's when None: the extension's answer (csrc/endpoint.c), from the
+    code every call runs."""
+    native: Any = _api._load()
+    answer: dict[str, Any] = native.endpoint(base)
+    return answer
+
 
 def _host_of(url: str) -> str:
     return (urllib.parse.urlsplit(url).hostname or "").lower()
 
 
 def _is_openrouter(url: str) -> bool:
-    host = _host_of(url)
-    return host == "openrouter.ai" or host.endswith(".openrouter.ai")
+    return bool(_endpoint(url)["openrouter"])
 
 
 def _proxy_for(url: str) -> str | None:
-    """The proxy libcurl would use for ``url``, or None (honours no_proxy)."""
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
-    if scheme == "http":
-        names = ("http_proxy",)              # curl ignores HTTP_PROXY (CGI's httpoxy)
-    else:
-        names = ("https_proxy", "HTTPS_PROXY")
-    proxy = next((os.environ[n] for n in names + ("all_proxy", "ALL_PROXY")
-                  if os.environ.get(n)), None)
-    if proxy and urllib.request.proxy_bypass_environment(
-            _host_of(url), {"no": os.environ.get("no_proxy") or os.environ.get("NO_PROXY", "")}):
+    """The proxy libcurl is given for ``url``, or None: none, or no_proxy names the host (that
+    match is libcurl's own; urllib's is close enough for a hint and for ``GET /key``)."""
+    ep = _endpoint(url)
+    proxy: str | None = ep["proxy"]
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # not in typeshed
+    if proxy and bypass(_host_of(url), {"no": ep["noproxy"] or ""}):
         return None
     return proxy
 
@@ -90,8 +95,7 @@ def _safe_url(url: str) -> str:
 
 
 def _ssl_context() -> ssl.SSLContext:
-    cafile = os.environ.get("SSL_CERT_FILE") or os.environ.get("CURL_CA_BUNDLE") or None
-    return ssl.create_default_context(cafile=cafile)
+    return ssl.create_default_context(cafile=_endpoint()["cainfo"])
 
 
 def _opener(url: str) -> urllib.request.OpenerDirector:
@@ -103,10 +107,8 @@ def _opener(url: str) -> urllib.request.OpenerDirector:
 
 
 def _key_from_env() -> tuple[str | None, str]:
-    for name in ("OPENAI_API_KEY", "OPENROUTER_API_KEY"):
-        if os.environ.get(name):
-            return os.environ[name], name
-    return None, ""
+    ep = _endpoint()
+    return ep["key"], ep["key_source"] or ""
 
 
 # ------------------------------------------------------------------------------ diagnostics
@@ -275,8 +277,8 @@ class Checker:
         self.concurrency = concurrency
         self.timeout = timeout
         self.show_progress = show_progress
-        self.kw = {"api_base": base, "timeout": timeout, "num_retries": 2,
-                   "raise_on_error": True}
+        self.kw: dict[str, Any] = {"api_base": base, "timeout": timeout, "num_retries": 2,
+                                   "raise_on_error": True}
 
     def _fail(self, name: str, exc: BaseException, ms: float | None = None) -> Check:
         detail, hint = diagnose(exc, self.base, self.model)
@@ -363,7 +365,8 @@ class Checker:
                 raise_on_error=False)
         except Exception as exc:  # noqa: BLE001
             return Check("invalid model", False, f"raised {type(exc).__name__}: {exc}",
-                         "DR-Tulu expects \"\" from a failed call", (time.perf_counter() - t0) * 1000)
+                         "DR-Tulu expects \"\" from a failed call",
+                         (time.perf_counter() - t0) * 1000)
         ms = (time.perf_counter() - t0) * 1000
         if text != "":
             return Check("invalid model", False, f"{INVALID_MODEL} replied {_quote(text)}",
@@ -426,7 +429,7 @@ def run_checks(base: str, model: str, concurrency: int, timeout: float,
     return results, notes
 
 
-def _symbols(stream) -> tuple[str, str]:
+def _symbols(stream: TextIO) -> tuple[str, str]:
     try:
         "✓✗→…".encode(stream.encoding or "ascii")
         return "✓", "✗"
@@ -440,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Check the configured OpenRouter endpoint, key and model: one line per check "
                     "with the reason, and a hint for each failure. Exit status 0 only when all "
                     "pass. A few cheap calls are made (well under a cent on a small model).")
-    parser.add_argument("--base-url", help=f"endpoint (default: $OPENAI_API_BASE, else {DEFAULT_BASE})")
+    parser.add_argument("--base-url",
+                        help=f"endpoint (default: $OPENAI_API_BASE, else {DEFAULT_BASE})")
     parser.add_argument("--model", help=f"model to call (default: $RUBRIC_JUDGE_MODEL, else "
                                          f"{DEFAULT_MODEL})")
     parser.add_argument("--concurrency", type=int, default=20,
@@ -451,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
-    base = (args.base_url or os.environ.get("OPENAI_API_BASE") or DEFAULT_BASE).strip()
+    base = _endpoint(args.base_url or None)["base"].strip()
     model = args.model or os.environ.get("RUBRIC_JUDGE_MODEL") or DEFAULT_MODEL
 
     out = sys.stdout

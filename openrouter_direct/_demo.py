@@ -39,14 +39,15 @@ JUDGE_SYSTEM = ('You are a strict grader. Judge the response against one rubric 
                 'with a JSON object only: {"score": S}, S being 0, 1 or 2.')
 
 
-def _start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+def _start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "openrouter_direct._server", "--port", "0",
          "--latency-ms", str(args.latency_ms), "--latency-jitter", str(args.latency_jitter),
          "--fault-rate", str(args.fault_rate), "--seed", "1234"],
         stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None  # stdout=PIPE
     ready, _, _ = select.select([proc.stdout], [], [], 15.0)
-    line = proc.stdout.readline() if ready and proc.stdout else ""
+    line = proc.stdout.readline() if ready else ""
     m = re.search(r"(http://\S+)", line)
     if not m:
         proc.kill()
@@ -55,18 +56,19 @@ def _start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     return proc, m.group(1)
 
 
-def _watch(label: str, total: int, start: dict, stop: threading.Event) -> None:
+def _watch(label: str, total: int, start: dict[str, Any], stop: threading.Event) -> None:
     """Draw the progress of one phase from the engine's counters until ``stop`` is set."""
     def done() -> int:
         s = _api.stats()
-        return (s["succeeded"] + s["failed"]) - (start["succeeded"] + start["failed"])
+        n: int = (s["succeeded"] + s["failed"]) - (start["succeeded"] + start["failed"])
+        return n
     bar = Progress(label, total)
     while not stop.wait(0.1):
         bar.update(done())
     bar.close(done())
 
 
-def _phase(label: str, total: int):
+def _phase(label: str, total: int) -> Any:
     """A context manager running ``_watch`` in a thread for the duration of a phase."""
     class _Phase:
         def __enter__(self) -> None:

@@ -70,7 +70,7 @@ def metrics(native: Any, prefix: str = "openrouter/") -> dict[str, float]:
     out["queued"] = st["queued"]
     if t0 is not None:
         out["interval_s"] = now - t0
-    delta = [c - p for c, p in zip(hist, phist)]
+    delta = [c - p for c, p in zip(hist, phist, strict=False)]
     total = sum(delta)
     if total > 0:
         out["latency_p50_ms"] = _quantile(delta, total, 0.50)

@@ -35,7 +35,7 @@ _OPTIONAL = frozenset((
 ))
 
 
-class ChatObject(dict):
+class ChatObject(dict[str, Any]):
     """A JSON object of the reply: a dict whose keys are also attributes."""
 
     __slots__ = ()
@@ -50,7 +50,8 @@ class ChatObject(dict):
 
     def model_dump(self) -> dict[str, Any]:
         """This object as plain dicts and lists (a deep copy)."""
-        return _plain(self)
+        plain: dict[str, Any] = _plain(self)
+        return plain
 
     def model_dump_json(self) -> str:
         return json.dumps(self, ensure_ascii=False)

@@ -7,10 +7,11 @@ connections.  Standard library only.
 What a request gets is chosen by the ``model`` field of its JSON body: a model
 that does not start with ``fake/`` (or ``fake/echo``) gets a realistic success
 reply whose content is ``"echo: " + <last message's content>``; the ``fake/...``
-models listed in ``_MODES`` below each produce one kind of fault (a status code,
-a reset, a truncated body, a stall, ...).  ``fake/flaky-<n>-<mode>`` fails the
-first <n> attempts of a call with <mode> and then succeeds; a call is known by
-the SHA-1 of its raw body, since a retry resends the identical body.
+models named in ``_EXACT`` and ``_PREFIXED`` (at the end of this file) each make
+one kind of fault (a status code, a reset, a truncated body, a stall, ...).
+``fake/flaky-<n>-<mode>`` fails the first <n> attempts of a call with <mode> and
+then succeeds; a call is known by the SHA-1 of its raw body, since a retry
+resends the identical body.
 ``fake/json`` (and any other model when the request asks for
 ``response_format={"type": "json_object"}``) replies with a judge-style JSON
 object, ``{"score": <0, 1 or 2, from the prompt>, "echo": <last message>}``.
@@ -81,7 +82,10 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple, Union
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["FakeOpenRouter", "ScriptRule"]
 
@@ -110,7 +114,8 @@ class _Request:
     __slots__ = ("method", "path", "version", "headers", "raw", "body", "conn",
                  "t", "keep_alive")
 
-    def __init__(self, method, path, version, headers, raw, conn):
+    def __init__(self, method: str, path: str, version: str, headers: Dict[str, str], raw: bytes,
+                 conn: int):
         self.method = method
         self.path = path
         self.version = version
@@ -118,6 +123,7 @@ class _Request:
         self.raw = raw
         self.conn = conn
         self.t = time.monotonic()
+        self.body: Any
         try:
             self.body = json.loads(raw) if raw else None
         except ValueError:
@@ -128,12 +134,12 @@ class _Request:
         else:
             self.keep_alive = "close" not in conn_hdr
 
-    def record(self) -> dict:
+    def record(self) -> Dict[str, Any]:
         return {"method": self.method, "path": self.path, "headers": self.headers,
                 "body": self.body, "raw": self.raw, "conn": self.conn, "t": self.t}
 
 
-def _error_body(code: int, message: str, metadata: Optional[dict] = None) -> bytes:
+def _error_body(code: int, message: str, metadata: Optional[Dict[str, Any]] = None) -> bytes:
     err: Dict[str, Any] = {"code": code, "message": message}
     if metadata is not None:
         err["metadata"] = metadata
@@ -203,8 +209,10 @@ class ScriptRule:
     ``hits`` counts the requests it answered; ``remaining`` is how many more it will
     answer (``None``: no limit)."""
 
-    def __init__(self, match, model, times, reply, status, message, fault, delay_ms,
-                 headers):
+    def __init__(self, match: Union[str, Callable[[Dict[str, Any]], bool], None],
+                 model: Optional[str], times: Optional[int], reply: Optional[str],
+                 status: Optional[int], message: Optional[str], fault: Optional[str],
+                 delay_ms: float, headers: Optional[Dict[str, str]]) -> None:
         self.match = match
         self.model = model
         self.times = times
@@ -255,9 +263,9 @@ class FakeOpenRouter:
     """An OpenRouter-compatible HTTP server on a background event loop."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
-                 latency_ms: float = 0.0, ssl_context=None, *,
+                 latency_ms: float = 0.0, ssl_context: Optional[ssl.SSLContext] = None, *,
                  latency_jitter: float = 0.0, fault_rate: float = 0.0,
-                 seed: Optional[int] = None):
+                 seed: Optional[int] = None) -> None:
         self.host = host
         self.port = port
         self.latency_ms = float(latency_ms)
@@ -268,12 +276,12 @@ class FakeOpenRouter:
         self.stalls = 0
         self.abandoned = 0
         self.ssl_context = ssl_context
-        self.api_keys: Optional[set] = None
+        self.api_keys: Optional[Set[str]] = None
         self.key_data: Dict[str, Any] = dict(_DEFAULT_KEY_DATA)
         self.faults_injected = 0
         self._rules: List[ScriptRule] = []
         self._rng = random.Random(seed)  # used on the loop thread only
-        self.requests: List[dict] = []
+        self.requests: List[Dict[str, Any]] = []
         self.connections_opened = 0
         self.max_concurrent = 0
         self.usage_sent = {"prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0,
@@ -284,7 +292,7 @@ class FakeOpenRouter:
         self._attempts: Dict[str, int] = {}
         self._conn_serial = itertools.count(1)
         self._gen_serial = itertools.count(1)
-        self._conns: Dict[int, Tuple[asyncio.StreamWriter, asyncio.Task]] = {}
+        self._conns: Dict[int, Tuple[asyncio.StreamWriter, asyncio.Task[Any]]] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._server: Optional[asyncio.AbstractServer] = None
@@ -315,7 +323,8 @@ class FakeOpenRouter:
 
     @staticmethod
     def _refill(rl: Dict[str, Any], now: float) -> float:
-        return min(rl["burst"], rl["tokens"] + (now - rl["t"]) * rl["rate"])
+        level: float = min(rl["burst"], rl["tokens"] + (now - rl["t"]) * rl["rate"])
+        return level
 
     def _rate_limited(self) -> Optional[Tuple[int, bytes, Tuple[Tuple[str, str], ...]]]:
         """Under the lock: take a token for one chat request, or the answer that turns it away."""
@@ -403,8 +412,8 @@ class FakeOpenRouter:
             self._rl = None
             self.rate_log = []
 
-    def script(self, reply: Union[str, dict, list, None] = None, *,
-               match: Union[str, Callable[[dict], bool], None] = None,
+    def script(self, reply: Union[str, Dict[str, Any], List[Any], None] = None, *,
+               match: Union[str, Callable[[Dict[str, Any]], bool], None] = None,
                model: Optional[str] = None, times: Optional[int] = 1,
                status: Optional[int] = None, message: Optional[str] = None,
                fault: Optional[str] = None, delay_ms: float = 0.0,
@@ -452,14 +461,14 @@ class FakeOpenRouter:
             return
         done = threading.Event()
 
-        def _close_all():
+        def _close_all() -> None:
             for writer, _task in list(self._conns.values()):
                 writer.transport.abort()
             done.set()
         loop.call_soon_threadsafe(_close_all)
         done.wait(5)
 
-    def chat_requests(self) -> List[dict]:
+    def chat_requests(self) -> List[Dict[str, Any]]:
         with self._lock:
             return [r for r in self.requests if r["path"].endswith("/chat/completions")]
 
@@ -468,19 +477,20 @@ class FakeOpenRouter:
         needle = substring.encode()
         return sum(1 for r in self.chat_requests() if needle in r["raw"])
 
-    def requests_for(self, substring: str) -> List[dict]:
+    def requests_for(self, substring: str) -> List[Dict[str, Any]]:
         needle = substring.encode()
         return [r for r in self.chat_requests() if needle in r["raw"]]
 
     def __enter__(self) -> "FakeOpenRouter":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # ------------------------------------------------------- loop thread
     def _thread_main(self) -> None:
         loop = self._loop
+        assert loop is not None  # start() made it
         asyncio.set_event_loop(loop)
         loop.set_exception_handler(self._quiet_exception_handler)
         try:
@@ -500,7 +510,7 @@ class FakeOpenRouter:
                 loop.close()
 
     @staticmethod
-    def _quiet_exception_handler(loop, context) -> None:
+    def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: Dict[str, Any]) -> None:
         _log.debug("fake server loop: %s", context.get("message"),
                    exc_info=context.get("exception"))
 
@@ -532,7 +542,9 @@ class FakeOpenRouter:
         serial = next(self._conn_serial)
         with self._lock:
             self.connections_opened += 1
-        self._conns[serial] = (writer, asyncio.current_task())
+        task = asyncio.current_task()
+        assert task is not None  # a connection is served by its own task
+        self._conns[serial] = (writer, task)
         sock = writer.get_extra_info("socket")
         if sock is not None and self.ssl_context is None:
             try:
@@ -563,13 +575,13 @@ class FakeOpenRouter:
             writer.transport.abort()
 
     async def _read_request(self, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter, serial: int):
+                            writer: asyncio.StreamWriter, serial: int) -> Optional[_Request]:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError:
             return None  # clean EOF between requests (or a partial head)
         except asyncio.LimitOverrunError:
-            raise _BadRequest(431, "request head too large")
+            raise _BadRequest(431, "request head too large") from None
         lines = head[:-4].lstrip(b"\r\n").split(b"\r\n")
         parts = lines[0].decode("latin-1").split(" ")
         if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0") or not parts[0]:
@@ -606,7 +618,7 @@ class FakeOpenRouter:
         return _Request(method, path, version, headers, raw, serial)
 
     async def _read_chunked(self, reader: asyncio.StreamReader) -> bytes:
-        chunks = []
+        chunks: List[bytes] = []
         total = 0
         while True:
             line = await reader.readuntil(b"\r\n")
@@ -614,7 +626,7 @@ class FakeOpenRouter:
             try:
                 size = int(size_txt, 16)
             except ValueError:
-                raise _BadRequest(400, "bad chunk size")
+                raise _BadRequest(400, "bad chunk size") from None
             if size == 0:
                 while (await reader.readuntil(b"\r\n")) != b"\r\n":
                     pass  # trailers
@@ -627,7 +639,8 @@ class FakeOpenRouter:
                 raise _BadRequest(400, "bad chunk terminator")
 
     # ---------------------------------------------------------- routing
-    async def _dispatch(self, req: _Request, reader, writer) -> bool:
+    async def _dispatch(self, req: _Request, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False means close the connection."""
         with self._lock:
             self.requests.append(req.record())
@@ -660,14 +673,15 @@ class FakeOpenRouter:
         return await self._send(req, writer, 404, _error_body(
             404, "Not Found: %s %s" % (req.method, req.path)))
 
-    async def _send(self, req: _Request, writer, status: int, body: bytes,
+    async def _send(self, req: _Request, writer: asyncio.StreamWriter, status: int, body: bytes,
                     extra: Tuple[Tuple[str, str], ...] = ()) -> bool:
         keep = req.keep_alive and not self._stopping
         writer.write(_head(status, len(body), keep, extra) + body)
         await writer.drain()
         return keep
 
-    async def _chat(self, req: _Request, reader, writer) -> bool:
+    async def _chat(self, req: _Request, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> bool:
         body = req.body
         if not isinstance(body, dict):
             return await self._send(req, writer, 400,
@@ -688,7 +702,9 @@ class FakeOpenRouter:
                 with self._lock:
                     rl["admitted"] -= 1
 
-    async def _chat_admitted(self, req: _Request, reader, writer, body: dict, model: str) -> bool:
+    async def _chat_admitted(self, req: _Request, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter, body: Dict[str, Any],
+                             model: str) -> bool:
         rule = self._take_rule(req)
         if rule is not None:
             return await self._scripted(rule, req, reader, writer)
@@ -711,7 +727,7 @@ class FakeOpenRouter:
             return await self._send(req, writer, 400, _error_body(
                 400, "bad argument in fake model %r" % model))
 
-    async def _held(self, reader, seconds: float) -> bool:
+    async def _held(self, reader: asyncio.StreamReader, seconds: float) -> bool:
         """Wait before answering; False (and counted in ``abandoned``) when the client closed
         the connection meanwhile. A client sends nothing while it waits for an answer, so any
         read that returns is its end of the connection."""
@@ -727,7 +743,8 @@ class FakeOpenRouter:
             self.abandoned += 1
         return False
 
-    async def _scripted(self, rule: ScriptRule, req, reader, writer) -> bool:
+    async def _scripted(self, rule: ScriptRule, req: _Request, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> bool:
         if rule.delay_ms > 0 and not await self._held(reader, rule.delay_ms / 1000.0):
             return False
         if rule.reply is not None:
@@ -739,10 +756,12 @@ class FakeOpenRouter:
             text = rule.message or "scripted status %d" % rule.status
             return await self._send(req, writer, rule.status,
                                     _error_body(rule.status, text), rule.headers)
-        handler, arg = _mode_handler(rule.fault)
+        handler, arg = _mode_handler(rule.fault or "")
+        assert handler is not None  # script() refused an unknown fault
         return await handler(self, req, reader, writer, arg)
 
-    async def _fail(self, req, writer, failure: str, text: str) -> bool:
+    async def _fail(self, req: _Request, writer: asyncio.StreamWriter, failure: str,
+                    text: str) -> bool:
         """Answer with one of the _RANDOM_FAULTS / numeric flaky failures."""
         if failure == "error200":
             return await self._send(req, writer, 200, _error_body(
@@ -789,8 +808,8 @@ class FakeOpenRouter:
             return self.latency_ms * self._rng.lognormvariate(0.0, self.latency_jitter) / 1000.0
         return self.latency_ms / 1000.0
 
-    async def _success(self, req, writer, content: Any, prefix: bytes = b"",
-                       reader=None) -> bool:
+    async def _success(self, req: _Request, writer: asyncio.StreamWriter, content: Any,
+                       prefix: bytes = b"", reader: Optional[asyncio.StreamReader] = None) -> bool:
         if self.stall_rate > 0 and self._rng.random() < self.stall_rate:
             with self._lock:
                 self.stalls += 1
@@ -800,39 +819,46 @@ class FakeOpenRouter:
             await asyncio.sleep(self._latency_s())
         return await self._send(req, writer, 200, prefix + self._completion(req, content))
 
-    async def _m_echo(self, req, reader, writer, arg) -> bool:
+    async def _m_echo(self, req: _Request, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter, arg: str) -> bool:
         return await self._success(req, writer, "echo: " + _last_message_text(req.body),
                                    reader=reader)
 
-    async def _m_json(self, req, reader, writer, arg) -> bool:
+    async def _m_json(self, req: _Request, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter, arg: str) -> bool:
         return await self._success(req, writer, judge_json(_last_message_text(req.body)),
                                    reader=reader)
 
-    async def _m_slow(self, req, reader, writer, arg) -> bool:
+    async def _m_slow(self, req: _Request, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter, arg: str) -> bool:
         await asyncio.sleep(float(arg) / 1000.0)
         return await self._m_echo(req, reader, writer, "")
 
-    async def _m_status(self, req, reader, writer, arg) -> bool:
+    async def _m_status(self, req: _Request, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter, arg: str) -> bool:
         code = int(arg)
         if not 200 <= code <= 599:
             raise ValueError(arg)
         return await self._send(req, writer, code,
                                 _error_body(code, "fake status %d" % code))
 
-    async def _m_retry_after(self, req, reader, writer, arg) -> bool:
+    async def _m_retry_after(self, req: _Request, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter, arg: str) -> bool:
         if not arg or "\r" in arg or "\n" in arg:  # seconds or an HTTP date
             raise ValueError(arg)
         return await self._send(req, writer, 429,
                                 _error_body(429, "Rate limit exceeded (fake)"),
                                 (("Retry-After", arg),))
 
-    async def _m_retry_after_ms(self, req, reader, writer, arg) -> bool:
+    async def _m_retry_after_ms(self, req: _Request, reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter, arg: str) -> bool:
         float(arg)
         return await self._send(req, writer, 429,
                                 _error_body(429, "Rate limit exceeded (fake)"),
                                 (("retry-after-ms", arg),))
 
-    async def _m_reset(self, req, reader, writer, arg) -> bool:
+    async def _m_reset(self, req: _Request, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter, arg: str) -> bool:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             try:  # linger 0: close() sends RST, a real "connection reset"
@@ -843,7 +869,8 @@ class FakeOpenRouter:
         writer.transport.abort()
         return False
 
-    async def _m_reset_midbody(self, req, reader, writer, arg) -> bool:
+    async def _m_reset_midbody(self, req: _Request, reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter, arg: str) -> bool:
         body = self._completion(req, "echo: " + _last_message_text(req.body))
         writer.write(_head(200, len(body), True) + body[: len(body) // 2])
         await writer.drain()
@@ -851,36 +878,44 @@ class FakeOpenRouter:
         writer.transport.abort()
         return False
 
-    async def _m_truncated(self, req, reader, writer, arg) -> bool:
+    async def _m_truncated(self, req: _Request, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter, arg: str) -> bool:
         body = self._completion(req, "echo: " + _last_message_text(req.body))
         return await self._send(req, writer, 200, body[: len(body) // 2])
 
-    async def _m_garbage(self, req, reader, writer, arg) -> bool:
+    async def _m_garbage(self, req: _Request, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter, arg: str) -> bool:
         return await self._send(req, writer, 200, b"not json at all")
 
-    async def _m_error200(self, req, reader, writer, arg) -> bool:
+    async def _m_error200(self, req: _Request, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter, arg: str) -> bool:
         code = int(arg)
         return await self._send(req, writer, 200, _error_body(
             code, "provider failed", {"provider_name": "FakeProvider"}))
 
-    async def _m_null(self, req, reader, writer, arg) -> bool:
+    async def _m_null(self, req: _Request, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter, arg: str) -> bool:
         return await self._success(req, writer, None)
 
-    async def _m_list(self, req, reader, writer, arg) -> bool:
+    async def _m_list(self, req: _Request, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter, arg: str) -> bool:
         return await self._success(req, writer, [
             {"type": "text", "text": "part one "}, {"type": "text", "text": "part two"}])
 
-    async def _m_big(self, req, reader, writer, arg) -> bool:
+    async def _m_big(self, req: _Request, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter, arg: str) -> bool:
         n = int(arg)
         if n < 0:
             raise ValueError(arg)
         return await self._success(req, writer, big_content(n))
 
-    async def _m_whitespace(self, req, reader, writer, arg) -> bool:
+    async def _m_whitespace(self, req: _Request, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter, arg: str) -> bool:
         return await self._success(req, writer, "echo: " + _last_message_text(req.body),
                                    prefix=b"\n\n   \n")
 
-    async def _m_stall(self, req, reader, writer, arg) -> bool:
+    async def _m_stall(self, req: _Request, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter, arg: str) -> bool:
         while True:  # until the client closes or the server stops
             try:
                 data = await reader.read(65536)
@@ -892,13 +927,16 @@ class FakeOpenRouter:
                         self.abandoned += 1
                 return False
 
-    async def _m_headers(self, req, reader, writer, arg) -> bool:
+    async def _m_headers(self, req: _Request, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter, arg: str) -> bool:
         return await self._success(req, writer, json.dumps(req.headers))
 
-    async def _m_body(self, req, reader, writer, arg) -> bool:
+    async def _m_body(self, req: _Request, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter, arg: str) -> bool:
         return await self._success(req, writer, req.raw.decode("utf-8", "replace"))
 
-    async def _m_flaky(self, req, reader, writer, arg) -> bool:
+    async def _m_flaky(self, req: _Request, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter, arg: str) -> bool:
         count_txt, _, failure = arg.partition("-")
         n = int(count_txt)
         if failure not in _FLAKY_FAILURES:

@@ -33,7 +33,10 @@ import inspect
 import os
 import re
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import ast
 
 START = "# >>> openrouter_direct patch-run-utils >>>"
 END = "# <<< openrouter_direct patch-run-utils <<<"
@@ -60,6 +63,14 @@ _OURS = ("model_name", "user_prompt", "system_prompt", "messages")
 
 # ------------------------------------------------------------------------- at run time
 
+def _target(raw: bool, is_async: bool) -> Callable[..., Any]:
+    from . import _api
+
+    if raw:
+        return _api.run_openrouter_async_raw if is_async else _api.run_openrouter_raw
+    return _api.run_openrouter_async if is_async else _api.run_openrouter
+
+
 def drop_in(original: Callable[..., Any], raw: bool = False) -> Callable[..., Any]:
     """The openrouter_direct function to call in place of ``original``.
 
@@ -69,13 +80,8 @@ def drop_in(original: Callable[..., Any], raw: bool = False) -> Callable[..., An
     user_prompt, system_prompt[, messages]``), that function itself is returned: no extra call
     per call. Another order (open-instruct's older ``model_name, system_prompt, user_prompt``)
     gets a thin wrapper that passes positional arguments on by ``original``'s names."""
-    from . import _api
-
     is_async = inspect.iscoroutinefunction(original)
-    if raw:
-        target = _api.run_openrouter_async_raw if is_async else _api.run_openrouter_raw
-    else:
-        target = _api.run_openrouter_async if is_async else _api.run_openrouter
+    target = _target(raw, is_async)
     try:
         params = list(inspect.signature(original).parameters.values())
     except (TypeError, ValueError):
@@ -87,11 +93,11 @@ def drop_in(original: Callable[..., Any], raw: bool = False) -> Callable[..., An
         return target
     label = getattr(original, "__name__", "function")
 
-    def by_name(args: tuple, kwargs: dict) -> dict:
+    def by_name(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         if len(args) > len(names):
             raise TypeError(f"{label}() takes {len(names)} positional arguments but "
                             f"{len(args)} were given")
-        for name, value in zip(names, args):
+        for name, value in zip(names, args, strict=False):
             if name in kwargs:
                 raise TypeError(f"{label}() got multiple values for argument {name!r}")
             kwargs[name] = value
@@ -126,7 +132,7 @@ def is_patched(text: str) -> bool:
     return any(line.strip() == START for line in _lines(text))
 
 
-def _parse(text: str, name: str):
+def _parse(text: str, name: str) -> ast.Module:
     import ast
     try:
         return ast.parse(text, filename=name)
@@ -134,7 +140,7 @@ def _parse(text: str, name: str):
         raise Refused(f"it does not parse as Python ({exc})") from None
 
 
-def _shape(tree) -> tuple[str, list]:
+def _shape(tree: ast.Module) -> tuple[str, list[ast.ImportFrom]]:
     """('fork', [ImportFrom nodes]) or ('plain', [])."""
     import ast
     imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
@@ -142,7 +148,7 @@ def _shape(tree) -> tuple[str, list]:
     return ("fork", imports) if imports else ("plain", [])
 
 
-def _functions(tree, name: str) -> dict:
+def _functions(tree: ast.Module, name: str) -> dict[str, Any]:
     import ast
     found = {n.name: n for n in tree.body
              if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name in HELPERS}
@@ -153,7 +159,7 @@ def _functions(tree, name: str) -> dict:
     return found
 
 
-def _logger_name(tree, before_line: int) -> str | None:
+def _logger_name(tree: ast.Module, before_line: int) -> str | None:
     """The module-level ``X = logging.getLogger(...)`` defined above ``before_line``."""
     import ast
     for node in tree.body:
@@ -202,7 +208,7 @@ def _block(logger: str | None, nl: str, names: list[str], log: bool = True) -> l
     return [nl, nl] + [line + nl for line in body]
 
 
-def _swap_import(lines: list[str], node, nl: str) -> list[str]:
+def _swap_import(lines: list[str], node: Any, nl: str) -> list[str]:
     """The marked lines that replace one ``from .openrouter_replacement import ...``."""
     first, last = lines[node.lineno - 1], lines[node.end_lineno - 1]
     indent = first[: node.col_offset]

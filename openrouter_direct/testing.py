@@ -24,23 +24,27 @@ Importing this module needs pytest; nothing here starts until a test asks for th
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
+
+if TYPE_CHECKING:
+    from ._server import FakeOpenRouter
 
 TEST_KEY = "sk-or-test-openrouter-direct"
 _SETTINGS = ("latency_ms", "latency_jitter", "fault_rate", "api_keys", "key_data")
 
 
 @pytest.fixture(scope="session")
-def _openrouter_direct_session_server():
+def _openrouter_direct_session_server() -> Iterator[FakeOpenRouter]:
     from ._server import FakeOpenRouter
     with FakeOpenRouter() as server:
         yield server
 
 
 @pytest.fixture
-def openrouter_server(_openrouter_direct_session_server, monkeypatch) -> Iterator:
+def openrouter_server(_openrouter_direct_session_server: FakeOpenRouter,
+                      monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenRouter]:
     """A local OpenRouter stand-in, with the environment pointing openrouter_direct at it."""
     server = _openrouter_direct_session_server
     saved = {name: getattr(server, name) for name in _SETTINGS}

@@ -297,3 +297,31 @@ def test_end_to_end_in_a_fresh_interpreter_and_ascii_terminal(server):
                        "PYTHONIOENCODING": "ascii"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("\nOK ") == 7 and "all 7 checks passed" in proc.stdout
+
+
+def test_the_check_asks_the_extension_what_a_call_would_use(monkeypatch):
+    """Key and its source, base URL, proxy and CA bundle come from _native.endpoint, the code
+    every call runs (csrc/endpoint.c, env.c), not from a second reading of the environment."""
+    for name in ("OPENAI_API_KEY", "OPENAI_API_BASE", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                 "ALL_PROXY", "no_proxy", "NO_PROXY", "SSL_CERT_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-second")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("http_proxy", "")                  # empty: unset, as libcurl has it
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    monkeypatch.setenv("CURL_CA_BUNDLE", "/tmp/bundle.pem")
+    ep = _check._endpoint()
+    assert ep["base"] == "https://openrouter.ai/api/v1" and ep["openrouter"] is True
+    assert ep["url"] == "https://openrouter.ai/api/v1/chat/completions"
+    assert (ep["key"], ep["key_source"]) == ("sk-or-second", "OPENROUTER_API_KEY")
+    assert (ep["proxy"], ep["noproxy"]) == ("http://proxy.example:3128", "internal.example")
+    assert ep["cainfo"] == "/tmp/bundle.pem"
+    assert _check._key_from_env() == ("sk-or-second", "OPENROUTER_API_KEY")
+    assert _check._proxy_for("https://openrouter.ai/api/v1") == "http://proxy.example:3128"
+    assert _check._proxy_for("https://internal.example/v1") is None        # no_proxy names it
+    assert _check._proxy_for("http://10.1.2.3:8000/v1") is None             # http_proxy empty
+    plain = _check._endpoint("http://10.1.2.3:8000/v1/")
+    assert plain["plain_http"] is True and plain["openrouter"] is False
+    assert plain["url"] == "http://10.1.2.3:8000/v1/chat/completions"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-or-first")
+    assert _check._key_from_env() == ("sk-or-first", "OPENAI_API_KEY")

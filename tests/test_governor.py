@@ -55,6 +55,21 @@ def test_rate_limited_calls_all_succeed_without_spending_retries(od, server, con
     assert ep["cooldown_s"] > 0
 
 
+def test_a_rate_limit_is_met_by_pacing_starts(od, server, concurrency_cap):
+    # Replies come back at once, so the calls on the wire say nothing about the rate: only
+    # pacing the starts keeps a 40/s bucket from turning most attempts away.
+    concurrency_cap(64)
+    server.rate_limit(rate=40, burst=4, retry_after=0.1)
+    tag = uniq()
+    out = arun(gather(od, 160, tag, num_retries=0), timeout=120)
+    assert out == ["echo: %s-%d" % (tag, i) for i in range(160)]
+    seen = statuses(server)
+    assert seen.count(200) == 160
+    assert seen.count(429) < 0.15 * 160, seen.count(429)
+    ep = endpoint(od, server)
+    assert 0 < ep["rate"] < 8 * 40, ep["rate"]
+
+
 def test_cooldown_holds_every_new_attempt_until_retry_after_passes(od, server, concurrency_cap):
     concurrency_cap(64)
     # 3 tokens, refilled at 5/s: of 6 calls sent at once, 3 are turned away with Retry-After: 1.

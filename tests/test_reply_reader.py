@@ -1,6 +1,6 @@
 """Replies of every shape, served byte for byte, come back as cJSON reads them.
 
-The engine reads the usual reply with its own reader (``read_usual`` in response.c) and leaves
+The engine reads the usual reply with its own reader (``ord_read_usual`` in reader.c) and leaves
 every other reply to cJSON. Whichever reads it, the caller must get what the reply says: here a
 server answers each call with a body given as raw bytes, and the expected text and token counts
 come from Python's json module, told to read as cJSON does (the first of duplicate keys wins,

@@ -102,7 +102,7 @@ def test_content_with_json_escapes_is_decoded(od):
 
 def test_reply_over_the_size_cap_fails_as_too_large_and_is_not_retried(od, server,
                                                                        monkeypatch):
-    # cap from OPENROUTER_MAX_RESPONSE_BYTES (csrc/request.c; default 64 MiB)
+    # cap from OPENROUTER_MAX_RESPONSE_BYTES (csrc/request.c; default 64 MiB, ord.h)
     monkeypatch.setenv("OPENROUTER_MAX_RESPONSE_BYTES", "100000")
     prompt = uniq()
     with pytest.raises(od.OpenRouterError) as info:

@@ -41,7 +41,7 @@ PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_pro
 
 
 @pytest.mark.parametrize("env, via_proxy", [
-    # libcurl's rules, which the call now applies itself (request.c, take_proxy)
+    # libcurl's rules, which the call now applies itself (env.c, ord_env_proxy)
     ({"HTTP_PROXY": "{proxy}"}, False),               # upper case ignored for http://
     ({"all_proxy": "{proxy}"}, True),
     ({"ALL_PROXY": "{proxy}"}, True),
