@@ -971,8 +971,10 @@ static void hedge_done(engine *e, ord_req *h, CURLcode rc, long status, int64_t 
     }
     if (reason == ORD_OK) {
         int was_active = p->state == ORD_ST_ACTIVE;
-        if (was_active)
+        if (was_active) {
+            ord_hest_censored(p->hest);
             abort_attempt(e, p);
+        }
         pthread_mutex_lock(&g_stats_mu);
         g_stats.hedges_won++;
         if (was_active) /* how much longer the first attempt had run than the hedge needed */
@@ -1323,7 +1325,12 @@ static void hedge_scan(engine *e, int64_t now)
         return;
     int64_t next = now + HEDGE_SCAN_MS;
     if (ord_hedge_quantile() > 0 && !budget_spent(e)) {
-        for (ord_req *r = e->act_head; r; r = r->next) {
+        /* Oldest first: when tokens are short, the attempt that has waited
+         * longest gets one (the list runs newest first). */
+        ord_req *oldest = e->act_head;
+        while (oldest && oldest->next)
+            oldest = oldest->next;
+        for (ord_req *r = oldest; r; r = r->prev) {
             /* the newest attempt of a call decides: its own, or its newest hedge's */
             ord_req *p = r->is_hedge ? r->partner : r;
             if (r != (p->partner ? p->partner : p))

@@ -16,9 +16,13 @@
  *   decay over about EST_WINDOW samples), so the estimate follows a provider
  *   that slows down or speeds up. The delay is the upper edge of the bucket
  *   holding the percentile: rounding makes hedges rarer, never more common.
- *   Attempts that lost and were aborted are never measured (their time is
- *   not known); that leaves the estimate a little low, which the budget
- *   bounds.
+ *   A first attempt that lost to its hedge took at least the delay: it is
+ *   counted just under it, in the percentile's own bucket. Left out, the
+ *   slow tail that hedging cuts off would vanish from the estimate, which
+ *   would sink with every win (measured: twice the hedges on a clean step);
+ *   counted at its age, a provider that stalls more often than the
+ *   percentile allows would push the delay up into its stalls. A hedge
+ *   that lost is not counted.
  * - The floor. No hedge before EST_MIN_SAMPLES successes of that endpoint
  *   and model (a cold start knows nothing), nor before HEDGE_FLOOR_MS of an
  *   attempt (a second attempt of a fast call saves too little to pay).
@@ -213,6 +217,12 @@ int64_t ord_hest_delay_ms(ord_hest *h)
     h->delay_q = q;
     h->delay_n = h->n;
     return h->delay_ms;
+}
+
+void ord_hest_censored(ord_hest *h)
+{
+    if (h && h->delay_ms > 1)
+        ord_hest_record(h, h->delay_ms - 1);
 }
 
 void ord_hest_rate_limited(ord_hest *h, int64_t now)

@@ -378,6 +378,7 @@ void ord_hedges_free(ord_hedges *t);
 ord_hest *ord_hest_get(ord_hedges *t, const ord_gov *g, const char *model);
 void ord_hest_put(ord_hest *h);
 void ord_hest_record(ord_hest *h, int64_t ms);      /* a successful attempt's duration */
+void ord_hest_censored(ord_hest *h);                /* an attempt that lost to its hedge */
 void ord_hest_rate_limited(ord_hest *h, int64_t now);
 /* How long an attempt runs before it is hedged; -1: not now (off, or cold). */
 int64_t ord_hest_delay_ms(ord_hest *h);
