@@ -627,6 +627,10 @@ static void finish(engine *e, ord_req *r, ord_reason reason, const ord_usage *u,
 {
     while (r->partner)
         hedge_drop(e, r->partner); /* first: a hedge borrows what r owns */
+    /* The budget grows as calls end: at the end of a step, when no call
+     * starts any more, its last calls still pay for the stragglers' hedges. */
+    if (r->hest)
+        ord_hedge_credit(e->hedges);
     ord_hest_put(r->hest);
     r->hest = NULL;
     r->state = ORD_ST_DONE;
@@ -719,8 +723,6 @@ static void start(engine *e, ord_req *r)
         pthread_mutex_lock(&g_stats_mu);
         g_stats.hedges++;
         pthread_mutex_unlock(&g_stats_mu);
-    } else if (r->attempts == 1) {
-        ord_hedge_credit(e->hedges);
     }
 }
 

@@ -26,10 +26,12 @@
  * - The floor. No hedge before EST_MIN_SAMPLES successes of that endpoint
  *   and model (a cold start knows nothing), nor before HEDGE_FLOOR_MS of an
  *   attempt (a second attempt of a fast call saves too little to pay).
- * - The budget. A token bucket: each call's first attempt adds
+ * - The budget. A token bucket: each call that ends adds
  *   OPENROUTER_HEDGE_BUDGET tokens (default 0.05), up to a small burst; a
- *   hedge takes one. So hedges never exceed that share of the calls started
- *   plus the burst, even when every reply is slow.
+ *   hedge takes one. So hedges never exceed that share of the calls ended
+ *   plus the burst, even when every reply is slow. Credited as calls end
+ *   rather than start: the end of a step, when nothing starts any more, is
+ *   where the stragglers are.
  * - The governor first. No hedge to an endpoint the governor is holding
  *   back (a cooldown, or a cut in the last HEDGE_QUIET_MS), nor to one that
  *   answered a rate limit recently: a hedge there would be one more attempt
@@ -91,8 +93,7 @@ void ord_hedge_configure(double quantile, double budget)
 double ord_hedge_quantile(void) { return atomic_load(&g_quantile); }
 double ord_hedge_budget(void) { return atomic_load(&g_budget); }
 
-/* The bucket can hold a few hedges so that the stragglers at the end of a
- * step, when no call starts any more to refill it, can still be hedged. */
+/* The bucket can hold a few hedges: stragglers come a few at a time. */
 double ord_hedge_burst(double budget)
 {
     double b = budget * 200.0;

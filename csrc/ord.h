@@ -382,7 +382,7 @@ void ord_hest_censored(ord_hest *h);                /* an attempt that lost to i
 void ord_hest_rate_limited(ord_hest *h, int64_t now);
 /* How long an attempt runs before it is hedged; -1: not now (off, or cold). */
 int64_t ord_hest_delay_ms(ord_hest *h);
-void ord_hedge_credit(ord_hedges *t);               /* a call's first attempt started */
+void ord_hedge_credit(ord_hedges *t);               /* a call ended */
 /* 1: a hedge may go now (its token is taken); 0: not now. */
 int ord_hedge_take(ord_hedges *t, const ord_gov *g, const ord_hest *h, int64_t now);
 void ord_hedge_refund(ord_hedges *t);               /* a hedge that never went */
