@@ -180,8 +180,9 @@ def main():
         worker(int(n), int(steps), tag)
         return
     if args.smoke:
-        args.calls, args.cap, args.median, args.stall, args.stall_s = 96, 16, 0.05, 0.05, 3.0
-        args.steps, args.hedges = 1, "off,p99.5"
+        # two steps of 200: the second has a warm estimate (128 successes), so hedges do go
+        args.calls, args.cap, args.median, args.stall, args.stall_s = 200, 32, 0.05, 0.02, 3.0
+        args.steps, args.hedges = 2, "off,p99.5"
     out_dir = args.out or (os.path.join(HERE, "out", "smoke") if args.smoke
                            else os.path.join(ROOT, "docs"))
     os.makedirs(out_dir, exist_ok=True)
