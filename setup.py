@@ -14,7 +14,8 @@ from setuptools import Extension, setup
 
 SYSTEM_PACKAGES = "libcurl4-openssl-dev libcjson-dev pkg-config"
 SOURCES = ["module.c", "request.c", "env.c", "endpoint.c", "jsonw.c", "headers.c", "reqlife.c",
-           "engine.c", "policy.c", "response.c", "reader.c", "deliver.c", "channel.c", "metrics.c"]
+           "engine.c", "policy.c", "hedge.c", "response.c", "reader.c", "deliver.c", "channel.c",
+           "metrics.c"]
 
 
 def pkg_config(*args):

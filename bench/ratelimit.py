@@ -16,6 +16,7 @@ new R.
     python bench/ratelimit.py --worker CLIENT M TAG   (internal: one client process)
 
 Clients: od (openrouter_direct, adaptive governor, the default), od-fixed (OPENROUTER_ADAPTIVE=0),
+od-nohedge (OPENROUTER_HEDGE=off: compared with od, what hedging changes under a rate limit),
 litellm (acompletion, num_retries=5), openai (AsyncOpenAI, max_retries=5), aiohttp (LiteLLM's
 policy: 5 retries, exponential backoff, Retry-After ignored). Peers run under an
 asyncio.Semaphore(256), as DR-Tulu's LITELLM_MAX_CONCURRENT_CALLS does.
@@ -123,13 +124,16 @@ async def _aiohttp_calls(m, tag, samples):
         return await asyncio.gather(*(one(i) for i in range(m)))
 
 
-CLIENTS = {"od": _od_calls, "od-fixed": _od_calls, "litellm": _litellm_calls,
+CLIENTS = {"od": _od_calls, "od-fixed": _od_calls, "od-nohedge": _od_calls,
+           "litellm": _litellm_calls,
            "openai": _openai_calls, "aiohttp": _aiohttp_calls}
 
 
 def worker(client, m, tag):
     if client == "od-fixed":
         os.environ["OPENROUTER_ADAPTIVE"] = "0"
+    if client == "od-nohedge":
+        os.environ["OPENROUTER_HEDGE"] = "off"
     fn = CLIENTS[client]
     samples = {"limit": [], "stop": False}
     if client.startswith("od"):
@@ -143,8 +147,9 @@ def worker(client, m, tag):
     outs = asyncio.run(fn(m, tag, samples))
     t1 = time.monotonic()
     ok = sum(1 for i, text in enumerate(outs) if text == "echo: %s-%d" % (tag, i))
-    print(json.dumps({"ok": ok, "lost": m - ok, "t0": t0, "t1": t1, "limit": samples["limit"]}),
-          flush=True)
+    hedges = od.stats()["hedge"]["sent"] if client.startswith("od") else 0
+    print(json.dumps({"ok": ok, "lost": m - ok, "t0": t0, "t1": t1, "limit": samples["limit"],
+                      "hedges": hedges}), flush=True)
 
 
 # ------------------------------------------------------------------ one run
@@ -240,7 +245,8 @@ def run(client, procs, calls, rate, burst, latency_s, sigma, shape, change, env_
     row = {"client": client, "procs": procs, "calls": n, "lost": sum(r["lost"] for r in results),
            "wall_s": round(wall, 2), "ideal_s": round(ideal, 2), "wall_ratio": round(wall / ideal, 3),
            "attempts_per_call": round(attempts / n, 3), "share_429": round(n429 / max(attempts, 1), 4),
-           "jain": round(jain(thr), 4), "change": change}
+           "jain": round(jain(thr), 4), "change": change,
+           "hedges": sum(r.get("hedges", 0) for r in results)}
     series = {"goodput": goodput_series(log, t_go, 0.5),
               "limits": [[(t - t_go, lim) for t, lim, _ in r["limit"]] for r in results],
               "rates": [[(t - t_go, rate) for t, _, rate in r["limit"]] for r in results],

@@ -21,6 +21,10 @@
  * to the engine thread alone. The engine never touches a Python object: finished
  * requests are posted to their channel (deliver.c).
  *
+ * Hedges (hedge.c decides when): a slow attempt may get a second one, an
+ * ord_req of its own that borrows the call's request; see "hedges" below
+ * for who wins and what a failure of either means.
+ *
  * fork: the child gets no engine thread, and the parent's may have held any
  * lock at the moment of fork. The child abandons the old engine (it must not
  * clean up handles whose sockets the parent still uses), closes its copies of
@@ -93,6 +97,8 @@ typedef struct {
     struct ord_url urls[URL_CACHE];
     uint64_t url_tick;
     unsigned gov_reset_seen;
+    ord_hedges *hedges;            /* latency estimates and the hedge budget; NULL: no hedging */
+    int64_t hedge_scan_ms;         /* when to look for attempts to hedge next */
 } engine;
 
 static void wake(engine *e)
@@ -615,8 +621,18 @@ static void release_buf(engine *e, ord_req *r)
 
 /* The engine's reference goes to the channel (or is dropped if cancelled).
  * http_status: the last attempt's, to count (0: none). */
+static void hedge_drop(engine *e, ord_req *h);
+
 static void finish(engine *e, ord_req *r, ord_reason reason, const ord_usage *u, long http_status)
 {
+    while (r->partner)
+        hedge_drop(e, r->partner); /* first: a hedge borrows what r owns */
+    /* The budget grows as calls end: at the end of a step, when no call
+     * starts any more, its last calls still pay for the stragglers' hedges. */
+    if (r->hest)
+        ord_hedge_credit(e->hedges);
+    ord_hest_put(r->hest);
+    r->hest = NULL;
     r->state = ORD_ST_DONE;
     if (r->gov)
         r->gov->calls_live--;
@@ -654,6 +670,8 @@ static void finish(engine *e, ord_req *r, ord_reason reason, const ord_usage *u,
         ord_chan_post(r->chan, r);
 }
 
+static void hedge_lost_start(engine *e, ord_req *h);
+
 static void start(engine *e, ord_req *r)
 {
     CURL *h = easy_get(e);
@@ -670,6 +688,11 @@ static void start(engine *e, ord_req *r)
     r->errbuf[0] = '\0';
     r->attempts++;
     r->t_attempt_ms = ord_now_ms();
+    r->hedged = 0;
+    if (!h && r->is_hedge) {
+        hedge_lost_start(e, r);
+        return;
+    }
     if (!h) {
         ord_req_fail(r, ORD_CONNECTION, 0, "could not create a libcurl handle (out of memory)");
         finish(e, r, ORD_CONNECTION, NULL, 0);
@@ -679,6 +702,10 @@ static void start(engine *e, ord_req *r)
     if (curl_multi_add_handle(e->multi, h) != CURLM_OK) {
         easy_put(e, h);
         url_release(r);
+        if (r->is_hedge) {
+            hedge_lost_start(e, r);
+            return;
+        }
         ord_req_fail(r, ORD_CONNECTION, 0, "libcurl refused the transfer");
         finish(e, r, ORD_CONNECTION, NULL, 0);
         return;
@@ -692,6 +719,11 @@ static void start(engine *e, ord_req *r)
         e->act_head->prev = r;
     e->act_head = r;
     e->n_active++;
+    if (r->is_hedge) {
+        pthread_mutex_lock(&g_stats_mu);
+        g_stats.hedges++;
+        pthread_mutex_unlock(&g_stats_mu);
+    }
 }
 
 static void detach(engine *e, ord_req *r)
@@ -711,41 +743,39 @@ static void detach(engine *e, ord_req *r)
     r->gov->n_active--;
 }
 
-static void on_done(engine *e, ord_req *r, CURLcode rc)
+/* What r's attempt ended with: fills r->content (or the kept reply) or
+ * r->message and r->status. */
+static ord_reason attempt_outcome(ord_req *r, CURLcode rc, long status, ord_usage *usage)
 {
-    long status = 0;
-    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
-    int64_t now = ord_now_ms();
-    int slot = r->attempts - 1 < ORD_ATTEMPT_LOG ? r->attempts - 1 : ORD_ATTEMPT_LOG - 1;
-    r->log[slot] = (ord_attempt){status, (int)rc, (uint32_t)(now - r->t_attempt_ms)};
-    detach(e, r);
-
-    if (atomic_load(&r->cancelled)) {
-        finish(e, r, ORD_CANCELLED, NULL, status);
-        return;
-    }
-    ord_usage usage = {0};
-    ord_reason reason;
     free(r->message);
     r->message = NULL;
-    if (rc == CURLE_OK) {
-        reason = ord_parse_reply(r, status, &usage);
-    } else {
-        reason = r->too_large ? ORD_TOO_LARGE : ord_curl_reason(rc);
-        char msg[CURL_ERROR_SIZE + 96];
-        if (reason == ORD_TOO_LARGE)
-            snprintf(msg, sizeof msg, "reply larger than %lld bytes (OPENROUTER_MAX_RESPONSE_BYTES)",
-                     (long long)r->max_response);
-        else
-            snprintf(msg, sizeof msg, "%s", r->errbuf[0] ? r->errbuf : curl_easy_strerror(rc));
-        r->message = ord_redact(msg, r->secret);
-        r->status = status;
-    }
+    if (rc == CURLE_OK)
+        return ord_parse_reply(r, status, usage);
+    ord_reason reason = r->too_large ? ORD_TOO_LARGE : ord_curl_reason(rc);
+    char msg[CURL_ERROR_SIZE + 96];
+    if (reason == ORD_TOO_LARGE)
+        snprintf(msg, sizeof msg, "reply larger than %lld bytes (OPENROUTER_MAX_RESPONSE_BYTES)",
+                 (long long)r->max_response);
+    else
+        snprintf(msg, sizeof msg, "%s", r->errbuf[0] ? r->errbuf : curl_easy_strerror(rc));
+    r->message = ord_redact(msg, r->secret);
+    r->status = status;
+    return reason;
+}
+
+/* What becomes of call r once its attempt ended with reason; timed is the
+ * attempt that answered (r itself, or the hedge that won). */
+static void conclude(engine *e, ord_req *r, ord_reason reason, const ord_usage *usage, long status, int64_t now,
+                     const ord_req *timed)
+{
     if (reason == ORD_OK) {
-        ord_gov_succeeded(r->gov, r, now, ord_engine_get_limit());
-        finish(e, r, ORD_OK, &usage, status);
+        ord_gov_succeeded(r->gov, (ord_req *)timed, now, ord_engine_get_limit());
+        ord_hest_record(r->hest, now - timed->t_attempt_ms);
+        finish(e, r, ORD_OK, usage, status);
         return;
     }
+    if (ord_rate_limit_answer(r, reason))
+        ord_hest_rate_limited(r->hest, now); /* also when the governor is off */
     int64_t due = now;
     switch (ord_policy_after(r->gov, r, &reason, status, now, &e->rng, &due)) {
     case ORD_NEXT_REQUEUE:
@@ -775,7 +805,279 @@ static void on_done(engine *e, ord_req *r, CURLcode rc)
         g_stats.rate_limited++;
         pthread_mutex_unlock(&g_stats_mu);
     }
-    finish(e, r, reason, &usage, status);
+    finish(e, r, reason, usage, status);
+}
+
+/* ---- hedges: a second attempt of a slow call (hedge.c says when) ----
+ *
+ * A hedge is an ord_req of its own (its transfer, buffer and outcome) that
+ * borrows the request of its call. hedge->partner is its call; a call's
+ * hedges are a list from call->partner (newest first) through ->sibling.
+ * An attempt of a call gets at most HEDGES_MAX of them: when its hedge runs
+ * past the delay too (a provider that stalls 1% of attempts stalls a hedge
+ * now and then), it gets another; only one waits for a slot at a time, and
+ * none follows a hedge that failed. The rules:
+ * - The first success wins. The other attempt is taken off the wire at
+ *   once, here on the engine thread (never in a libcurl callback): removed
+ *   from the multi handle mid-transfer, its connection is closed, so the
+ *   server sees the client go.
+ * - A hedge is not a retry: it spends no num_retries. Its failure while the
+ *   call's own attempt runs is dropped.
+ * - The call's own attempt failing while its hedge runs leaves the hedge
+ *   to stand in (state HEDGED): no retry starts on top, and the hedge's
+ *   outcome becomes that attempt's (if it fails too, the policy decides as
+ *   for any failed attempt: one retry spent for the pair).
+ * - A rate-limit answer to either attempt ends the hedge, and the call
+ *   waits like any other; the governor counts the answer either way.
+ * - Finishing a call (reply, failure, cancel, shutdown) drops its hedge
+ *   first (finish()), so a hedge never outlives what it borrows.
+ */
+#define HEDGES_MAX 2 /* per attempt of a call */
+
+static ord_req *hedge_new(ord_req *p)
+{
+    ord_req *h = ord_req_new();
+    if (!h)
+        return NULL;
+    h->url = p->url;
+    h->body = p->body;
+    h->body_len = p->body_len;
+    h->headers = p->headers;
+    h->shared_headers = p->shared_headers;
+    h->cainfo = p->cainfo;
+    h->proxy = p->proxy;
+    h->noproxy = p->noproxy;
+    h->secret = p->secret;
+    h->model = p->model;
+    h->timeout_ms = p->timeout_ms;
+    h->connect_timeout_ms = p->connect_timeout_ms;
+    h->base_delay_ms = p->base_delay_ms;
+    h->max_delay_ms = p->max_delay_ms;
+    h->max_response = p->max_response;
+    h->strict = p->strict;
+    h->raw = p->raw;
+    h->t_submit_ms = p->t_submit_ms;
+    h->gov = p->gov;
+    h->is_hedge = 1;
+    h->partner = p;
+    h->sibling = p->partner;
+    p->partner = h;
+    return h;
+}
+
+/* Takes h off its call's list. */
+static void hedge_unlink(ord_req *h)
+{
+    ord_req *p = h->partner;
+    if (!p)
+        return;
+    for (ord_req **at = &p->partner; *at; at = &(*at)->sibling)
+        if (*at == h) {
+            *at = h->sibling;
+            break;
+        }
+    h->sibling = NULL;
+    h->partner = NULL;
+}
+
+/* Frees a hedge that is in no engine structure any more. */
+static void hedge_free(engine *e, ord_req *h)
+{
+    hedge_unlink(h);
+    release_buf(e, h);
+    /* borrowed from the call: not h's to free */
+    h->url = h->body = h->cainfo = h->proxy = h->noproxy = h->secret = h->model = NULL;
+    h->headers = NULL;
+    h->shared_headers = NULL;
+    h->partner = NULL;
+    ord_req_decref(h);
+}
+
+/* The hedge could not get a transfer: as if it had never been sent. */
+static void hedge_lost_start(engine *e, ord_req *h)
+{
+    ord_hedge_refund(e->hedges);
+    hedge_free(e, h);
+}
+
+/* Takes attempt a off the wire because the call ended without it. A reply
+ * that had arrived whole by then was generated, and likely billed: its
+ * usage is counted as the cost of hedging. */
+static void abort_attempt(engine *e, ord_req *a)
+{
+    long status = 0;
+    curl_off_t length = -1;
+    ord_usage u = {0};
+    curl_easy_getinfo(a->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(a->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length);
+    if (status == 200 && length > 0 && (curl_off_t)a->buf_len == length) {
+        ord_parse_reply(a, status, &u);
+        free(a->content);
+        a->content = NULL;
+        a->content_len = 0;
+    }
+    detach(e, a);
+    pthread_mutex_lock(&g_stats_mu);
+    g_stats.hedges_aborted++;
+    if (u.has_usage) {
+        g_stats.hedge_waste_prompt += (uint64_t)(u.prompt_tokens > 0 ? u.prompt_tokens : 0);
+        g_stats.hedge_waste_completion += (uint64_t)(u.completion_tokens > 0 ? u.completion_tokens : 0);
+        g_stats.hedge_waste_cost += u.cost;
+        g_stats.cost += u.cost;
+        e->cost += u.cost;
+        a->gov->cost += u.cost;
+    }
+    pthread_mutex_unlock(&g_stats_mu);
+}
+
+static void hedge_drop(engine *e, ord_req *h)
+{
+    if (h->state == ORD_ST_PENDING) {
+        pend_unlink(e, h);
+        ord_hedge_refund(e->hedges); /* never sent */
+    } else if (h->state == ORD_ST_ACTIVE) {
+        abort_attempt(e, h);
+    }
+    hedge_free(e, h);
+}
+
+/* Call p's own attempt failed (reason) while it has hedges. 1: those on the
+ * wire stand in and p waits for them; 0: they are gone, p goes on alone. */
+static int stand_aside(engine *e, ord_req *p, ord_reason reason)
+{
+    int rate_limited = ord_rate_limit_answer(p, reason);
+    for (ord_req *h = p->partner, *next; h; h = next) {
+        next = h->sibling;
+        if (h->state != ORD_ST_ACTIVE || rate_limited)
+            hedge_drop(e, h);
+    }
+    if (!p->partner)
+        return 0;
+    p->state = ORD_ST_HEDGED;
+    return 1;
+}
+
+/* Hedge h's attempt ended (h is off the wire already). */
+static void hedge_done(engine *e, ord_req *h, CURLcode rc, long status, int64_t now)
+{
+    ord_req *p = h->partner;
+    ord_usage u = {0};
+    ord_reason reason = attempt_outcome(h, rc, status, &u);
+    if (atomic_load(&p->cancelled)) {
+        /* cancel_one will finish a call still on the wire; one waiting for
+         * this hedge has nothing left to wait for */
+        hedge_free(e, h);
+        if (p->state == ORD_ST_HEDGED)
+            finish(e, p, ORD_CANCELLED, NULL, status);
+        return;
+    }
+    if (reason == ORD_OK) {
+        int was_active = p->state == ORD_ST_ACTIVE;
+        if (was_active) {
+            ord_hest_censored(p->hest);
+            abort_attempt(e, p);
+        }
+        pthread_mutex_lock(&g_stats_mu);
+        g_stats.hedges_won++;
+        if (was_active) /* how much longer the first attempt had run than the hedge needed */
+            g_stats.hedge_saved_ms += (double)((now - p->t_attempt_ms) - (now - h->t_attempt_ms));
+        pthread_mutex_unlock(&g_stats_mu);
+        free(p->content);
+        p->content = h->content;
+        p->content_len = h->content_len;
+        h->content = NULL;
+        free(p->message);
+        p->message = NULL;
+        p->status = h->status;
+        if (p->raw) { /* the reply itself is the result */
+            release_buf(e, p);
+            p->buf = h->buf;
+            p->buf_len = h->buf_len;
+            p->buf_cap = h->buf_cap;
+            h->buf = NULL;
+            h->buf_len = h->buf_cap = 0;
+        }
+        hedge_unlink(h); /* finish drops the other hedges, not h: it still times the success */
+        conclude(e, p, ORD_OK, &u, status, now, h);
+        hedge_free(e, h);
+        return;
+    }
+    int rate_limited = ord_rate_limit_answer(h, reason);
+    p->hedged = HEDGES_MAX; /* what failed once would likely fail again: no more for this attempt */
+    pthread_mutex_lock(&g_stats_mu);
+    g_stats.hedges_failed++;
+    pthread_mutex_unlock(&g_stats_mu);
+    int others = 0; /* p's other hedges on the wire */
+    for (const ord_req *o = p->partner; o; o = o->sibling)
+        others += o != h && o->state == ORD_ST_ACTIVE;
+    if (p->state == ORD_ST_HEDGED && !others) {
+        /* the last one standing in failed: that is how p's attempt ended */
+        p->status = h->status;
+        free(p->message);
+        p->message = h->message;
+        h->message = NULL;
+        p->retry_after_ms = h->retry_after_ms;
+        p->should_retry = h->should_retry;
+        p->inflight_budget = h->inflight_budget;
+        p->too_large = h->too_large;
+        hedge_free(e, h);
+        while (p->partner) /* one still waiting for a slot: not sent, and not needed now */
+            hedge_drop(e, p->partner);
+        p->state = ORD_ST_ACTIVE; /* as it was when its attempt ended */
+        conclude(e, p, reason, &u, status, now, p);
+        return;
+    }
+    if (rate_limited) {
+        /* The governor hears it as from any attempt; what it decides for
+         * the hedge itself is moot, since the hedge goes. Counted as a
+         * call that waited only through the call's own attempts. */
+        int64_t due = now;
+        h->rl_waits = 1;
+        ord_hest_rate_limited(p->hest, now);
+        ord_policy_after(p->gov, h, &reason, status, now, &e->rng, &due);
+    }
+    pthread_mutex_lock(&g_stats_mu);
+    count_status(status);
+    if (rate_limited)
+        g_stats.rate_limited++;
+    pthread_mutex_unlock(&g_stats_mu);
+    hedge_free(e, h);
+}
+
+static void hedge_launch(engine *e, ord_req *p)
+{
+    ord_req *h = hedge_new(p);
+    if (!h) {
+        ord_hedge_refund(e->hedges);
+        return;
+    }
+    /* Ahead of the calls waiting for a slot, as a retry is: it is late already. */
+    pend_push_front(e, h);
+    p->hedged++;
+}
+
+static void on_done(engine *e, ord_req *r, CURLcode rc)
+{
+    long status = 0;
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    int64_t now = ord_now_ms();
+    int slot = r->attempts - 1 < ORD_ATTEMPT_LOG ? r->attempts - 1 : ORD_ATTEMPT_LOG - 1;
+    r->log[slot] = (ord_attempt){status, (int)rc, (uint32_t)(now - r->t_attempt_ms)};
+    detach(e, r);
+
+    if (r->is_hedge) {
+        hedge_done(e, r, rc, status, now);
+        return;
+    }
+    if (atomic_load(&r->cancelled)) {
+        finish(e, r, ORD_CANCELLED, NULL, status);
+        return;
+    }
+    ord_usage usage = {0};
+    ord_reason reason = attempt_outcome(r, rc, status, &usage);
+    if (r->partner && reason != ORD_OK && stand_aside(e, r, reason))
+        return;
+    conclude(e, r, reason, &usage, status, now, r);
 }
 
 /* Take r out of whichever engine structure holds it. Returns 0 when it had
@@ -792,6 +1094,8 @@ static int take_out(engine *e, ord_req *r)
     case ORD_ST_BACKOFF:
         heap_remove(e, r);
         return 1;
+    case ORD_ST_HEDGED: /* in no structure: its hedge goes when it finishes */
+        return 1;
     default:
         return 0;
     }
@@ -805,6 +1109,8 @@ static void cancel_one(engine *e, ord_req *r)
 
 static void fail_shutdown(engine *e, ord_req *r)
 {
+    if (r->is_hedge)
+        r = r->partner; /* the call fails; finishing it takes its hedges along */
     take_out(e, r);
     ord_req_fail(r, ORD_SHUTDOWN, 0, "the interpreter is exiting");
     finish(e, r, ORD_SHUTDOWN, NULL, 0);
@@ -990,6 +1296,7 @@ static void admit(engine *e, ord_req *r)
         return;
     }
     r->gov->calls_live++; /* until finish: a call in backoff still points at it */
+    r->hest = ord_hest_get(e->hedges, r->gov, r->model);
     pend_push_back(e, r);
 }
 
@@ -1009,6 +1316,45 @@ static void fail_budget(engine *e, ord_req *r)
     finish(e, r, ORD_BUDGET, NULL, 0);
 }
 
+/* Gives each attempt that has run past its endpoint and model's delay a
+ * hedge, when hedge.c allows one, and sets when to look again: at the
+ * earliest time another attempt comes due, and at least every floor (an
+ * attempt that starts later comes due no sooner than a floor after now). */
+#define HEDGE_SCAN_MS 100
+static void hedge_scan(engine *e, int64_t now)
+{
+    if (now < e->hedge_scan_ms)
+        return;
+    int64_t next = now + HEDGE_SCAN_MS;
+    if (ord_hedge_quantile() > 0 && !budget_spent(e)) {
+        /* Oldest first: when tokens are short, the attempt that has waited
+         * longest gets one (the list runs newest first). */
+        ord_req *oldest = e->act_head;
+        while (oldest && oldest->next)
+            oldest = oldest->next;
+        for (ord_req *r = oldest; r; r = r->prev) {
+            /* the newest attempt of a call decides: its own, or its newest hedge's */
+            ord_req *p = r->is_hedge ? r->partner : r;
+            if (r != (p->partner ? p->partner : p))
+                continue;
+            if (p->no_hedge || !p->hest || p->hedged >= HEDGES_MAX || atomic_load(&p->cancelled))
+                continue;
+            int64_t delay = ord_hest_delay_ms(p->hest);
+            if (delay < 0)
+                continue;
+            int64_t due = r->t_attempt_ms + delay;
+            if (due > now) {
+                if (due < next)
+                    next = due;
+                continue;
+            }
+            if (ord_hedge_take(e->hedges, p->gov, p->hest, now))
+                hedge_launch(e, p);
+        }
+    }
+    e->hedge_scan_ms = next;
+}
+
 /* Starts what the cap and each endpoint's governor allow, one call per
  * endpoint in turn so that no endpoint starves another. Returns the earliest
  * time a gate opens for a waiting call (0: none is waiting on time). */
@@ -1025,6 +1371,10 @@ static int64_t start_ready(engine *e, int64_t now, long cap)
             if (budget_spent(e)) {
                 while (g->pend_head) {
                     ord_req *r = g->pend_head;
+                    if (r->is_hedge) {
+                        hedge_drop(e, r);
+                        continue;
+                    }
                     pend_unlink(e, r);
                     fail_budget(e, r);
                 }
@@ -1102,6 +1452,7 @@ static void *engine_main(void *arg)
             curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, keep);
             e->cache_for = limit;
         }
+        hedge_scan(e, now);
         int64_t gate_due = start_ready(e, now, limit);
         if (e->timer_due >= 0 && e->timer_due <= ord_now_ms()) {
             e->timer_due = -1;
@@ -1120,6 +1471,8 @@ static void *engine_main(void *arg)
             wait = e->timer_due - now;
         if (e->heap_len && e->heap[0]->due_ms - now < wait)
             wait = e->heap[0]->due_ms - now;
+        if (e->n_active && ord_hedge_quantile() > 0 && e->hedge_scan_ms - now < wait)
+            wait = e->hedge_scan_ms - now;
         if (wait < 0)
             wait = 0;
         int n = epoll_wait(e->ep, evs, (int)(sizeof evs / sizeof evs[0]), (int)wait);
@@ -1168,6 +1521,7 @@ static void engine_free(engine *e)
         n = g->next;
         ord_gov_free(g);
     }
+    ord_hedges_free(e->hedges);
     free(e->pool);
     free(e->heap);
     curl_multi_cleanup(e->multi);
@@ -1190,6 +1544,7 @@ static engine *engine_start(void)
     e->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     e->multi = curl_multi_init();
     e->share = curl_share_init();
+    e->hedges = ord_hedges_new(); /* NULL: calls are simply never hedged */
     if (e->ep < 0 || e->wake_fd < 0 || !e->multi || !e->share)
         goto fail;
     struct epoll_event wev = {.events = EPOLLIN, .data.fd = e->wake_fd};
@@ -1227,6 +1582,7 @@ fail:
         close(e->ep);
     if (e->wake_fd >= 0)
         close(e->wake_fd);
+    ord_hedges_free(e->hedges);
     pthread_mutex_destroy(&e->mu);
     free(e);
     return NULL;

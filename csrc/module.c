@@ -448,6 +448,22 @@ static int add_endpoints(PyObject *d)
     return rc;
 }
 
+/* stats()["hedge"]: hedges sent, won, and what they cost. */
+static int add_hedge(PyObject *d, const ord_stats *s)
+{
+    PyObject *h = Py_BuildValue("{sKsKsKsKsdsKsKsd}", "sent", (unsigned long long)s->hedges, "won",
+                                (unsigned long long)s->hedges_won, "aborted",
+                                (unsigned long long)s->hedges_aborted, "failed",
+                                (unsigned long long)s->hedges_failed, "time_saved_s",
+                                s->hedge_saved_ms / 1000.0, "aborted_prompt_tokens",
+                                (unsigned long long)s->hedge_waste_prompt, "aborted_completion_tokens",
+                                (unsigned long long)s->hedge_waste_completion, "aborted_cost",
+                                s->hedge_waste_cost);
+    int rc = h ? PyDict_SetItemString(d, "hedge", h) : -1;
+    Py_XDECREF(h);
+    return rc;
+}
+
 static PyObject *mod_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     (void)module;
@@ -465,7 +481,7 @@ static PyObject *mod_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
         dict_set_u64(d, "max_concurrent_calls", (uint64_t)s.limit) < 0 ||
         dict_set_u64(d, "rate_limited", s.rate_limited) < 0)
         goto error;
-    if (add_endpoints(d) < 0)
+    if (add_endpoints(d) < 0 || add_hedge(d, &s) < 0)
         goto error;
     PyObject *cost = PyFloat_FromDouble(s.cost);
     if (!cost || PyDict_SetItemString(d, "cost", cost) < 0) {
@@ -543,6 +559,22 @@ static PyObject *mod_set_governor(PyObject *module, PyObject *args)
                          "rate_limit_wait", ord_policy_rate_limit_wait(), "max_cost", ord_policy_max_cost());
 }
 
+/* set_hedge(quantile, budget): quantile 0 turns hedging off; a negative
+ * value leaves that setting as it is. Returns the settings in force. */
+static PyObject *mod_set_hedge(PyObject *module, PyObject *args)
+{
+    (void)module;
+    double q, budget;
+    if (!PyArg_ParseTuple(args, "dd", &q, &budget))
+        return NULL;
+    if (!(q == q) || !(budget == budget) || q >= 1.0 || budget > 1.0) {
+        PyErr_SetString(PyExc_ValueError, "set_hedge: quantile must be in [0, 1), budget in [0, 1]");
+        return NULL;
+    }
+    ord_hedge_configure(q, budget);
+    return Py_BuildValue("{sdsd}", "hedge", ord_hedge_quantile(), "hedge_budget", ord_hedge_budget());
+}
+
 static PyObject *mod_reset_governor(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     (void)module;
@@ -612,6 +644,8 @@ static PyMethodDef mod_methods[] = {
     {"set_hooks", mod_set_hooks, METH_VARARGS, "set_hooks(fail, attempt, debug_enabled, warn)."},
     {"set_governor", mod_set_governor, METH_VARARGS,
      "set_governor(adaptive, rate_limit_wait_s, max_cost); negative: unchanged."},
+    {"set_hedge", mod_set_hedge, METH_VARARGS,
+     "set_hedge(quantile, budget): quantile in (0, 1), 0 for off; negative: unchanged."},
     {"governor_events", mod_governor_events, METH_NOARGS, "Limit changes since the last call."},
     {"reset_governor", mod_reset_governor, METH_NOARGS,
      "Every endpoint back to slow start with no cooldown (tests; a new run)."},

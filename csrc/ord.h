@@ -14,6 +14,8 @@
  *   policy.c    what to do after an attempt: the failure table, the retry
  *               decision, backoff, and the governor (adaptive concurrency,
  *               cooldowns, rate-limit waits, the cost guard). No GIL.
+ *   hedge.c     when a slow attempt gets a second one (hedged requests): the
+ *               latency estimate, the trigger, the budget. No GIL.
  *   response.c  response body -> content / error (no GIL): the cJSON path and
  *               the redaction of the key from messages; the usual reply goes to
  *     reader.c    the one-pass reader of a successful reply's usual shape.
@@ -57,6 +59,8 @@
 #define ORD_MAX_RETRIES_CAP 1000          /* more num_retries count as this many */
 #define ORD_MAX_RESPONSE_DEFAULT (64.0 * 1024 * 1024) /* OPENROUTER_MAX_RESPONSE_BYTES default */
 #define ORD_HTTP_STATUS_END 600           /* statuses counted one by one: 1..599 */
+#define ORD_HEDGE_DEFAULT_Q 0.995         /* OPENROUTER_HEDGE default: p99.5 (docs/HEDGING.md) */
+#define ORD_HEDGE_DEFAULT_BUDGET 0.05     /* OPENROUTER_HEDGE_BUDGET default */
 
 /* ---- JSON strings, 16 bytes at a time ---- */
 
@@ -150,6 +154,7 @@ typedef struct {
 
 struct ord_chan;
 struct ord_gov;
+struct ord_hest;
 
 /* A header list shared between calls that send the same headers (headers.c
  * keeps the last one; reqlife.c frees it with its last reference). */
@@ -159,8 +164,9 @@ struct ord_hdrs {
     char *key, *referer, *title;  /* what the list was built from; NULL: unset */
 };
 
-/* Request states, owned by the engine thread. */
-enum { ORD_ST_NEW, ORD_ST_PENDING, ORD_ST_ACTIVE, ORD_ST_BACKOFF, ORD_ST_DONE };
+/* Request states, owned by the engine thread. HEDGED: the call's own
+ * attempt failed while its hedge was on the wire; it waits for the hedge. */
+enum { ORD_ST_NEW, ORD_ST_PENDING, ORD_ST_ACTIVE, ORD_ST_BACKOFF, ORD_ST_DONE, ORD_ST_HEDGED };
 
 /* A call from submission to delivery. Reference counted: the submitter's
  * reference is dropped when the result is delivered (or the call is
@@ -191,6 +197,7 @@ typedef struct ord_req {
     int plain_http;               /* http:// to a host that is not loopback */
     int raw;                      /* the caller wants the whole reply: buf is kept on success
                                    * and delivered as bytes (strict mode implied) */
+    int no_hedge;                 /* hedge=False: never a second attempt */
 
     /* engine state */
     int state;
@@ -209,6 +216,15 @@ typedef struct ord_req {
     int inflight_budget;          /* a 402 whose limit_source is the in-flight budget */
     struct ord_gov *gov;          /* engine thread: its endpoint's governor */
     int rl_waits;                 /* attempts turned away by a rate limit (not retries) */
+    /* Hedging (engine.c). A hedge is an ord_req of its own whose request
+     * fields (url, body, headers, ...) are borrowed from its call: it never
+     * outlives the call's time in the engine, since finishing a call drops
+     * its hedge first. */
+    int is_hedge;
+    struct ord_req *partner;      /* a call's newest hedge, or a hedge's call; NULL: none */
+    struct ord_req *sibling;      /* a hedge's older sibling (same call) */
+    int hedged;                   /* hedges sent for the call's current attempt */
+    struct ord_hest *hest;        /* the call's latency estimate (hedge.c), or NULL */
     char errbuf[CURL_ERROR_SIZE];
     ord_attempt log[ORD_ATTEMPT_LOG];
 
@@ -352,9 +368,44 @@ typedef struct {
 int ord_gov_events_take(ord_gov_event *out, int max);
 void ord_gov_event_add(const ord_gov *g, long from, long to, const char *why);
 
+/* ---- hedge.c: hedged requests (engine thread, no GIL, but the settings)
+ * Settings, from any thread; a negative value leaves one as it is;
+ * quantile 0: hedging off. */
+void ord_hedge_configure(double quantile, double budget);
+double ord_hedge_quantile(void);
+double ord_hedge_budget(void);
+double ord_hedge_burst(double budget);
+typedef struct ord_hedges ord_hedges;  /* the engine's estimates and budget */
+typedef struct ord_hest ord_hest;      /* one (endpoint, model)'s latency estimate */
+ord_hedges *ord_hedges_new(void);
+void ord_hedges_free(ord_hedges *t);
+/* The estimate for a call to g with model, counted until ord_hest_put; NULL
+ * when out of memory (the call is simply never hedged). */
+ord_hest *ord_hest_get(ord_hedges *t, const ord_gov *g, const char *model);
+void ord_hest_put(ord_hest *h);
+void ord_hest_record(ord_hest *h, int64_t ms);      /* a successful attempt's duration */
+void ord_hest_censored(ord_hest *h);                /* an attempt that lost to its hedge */
+void ord_hest_rate_limited(ord_hest *h, int64_t now);
+/* How long an attempt runs before it is hedged; -1: not now (off, or cold). */
+int64_t ord_hest_delay_ms(ord_hest *h);
+void ord_hedge_credit(ord_hedges *t);               /* a call ended */
+/* 1: a hedge may go now (its token is taken); 0: not now. */
+int ord_hedge_take(ord_hedges *t, const ord_gov *g, const ord_hest *h, int64_t now);
+void ord_hedge_refund(ord_hedges *t);               /* a hedge that never went */
+
+/* policy.c, for hedge.c and engine.c */
+int ord_gov_holding(const ord_gov *g, int64_t now, int64_t quiet_ms);
+int ord_rate_limit_answer(const ord_req *r, ord_reason reason);
+
 /* ---- engine.c */
 typedef struct {
     uint64_t calls, succeeded, failed, cancelled, retries;
+    /* hedges: sent, won, aborted (either attempt, when the other won),
+     * failed (a hedge's own failure); what aborted attempts were billed */
+    uint64_t hedges, hedges_won, hedges_aborted, hedges_failed;
+    double hedge_saved_ms;
+    uint64_t hedge_waste_prompt, hedge_waste_completion;
+    double hedge_waste_cost;
     uint64_t by_reason[ORD_REASON_COUNT];
     uint64_t status_count[ORD_HTTP_STATUS_END];
     uint64_t prompt_tokens, completion_tokens;

@@ -539,3 +539,21 @@ ord_next ord_policy_after(ord_gov *g, ord_req *r, ord_reason *reason, long http_
     *due = now + wait;
     return ORD_NEXT_RETRY;
 }
+
+/* ---- queries for the hedging policy (hedge.c), engine thread */
+
+/* Whether the governor is holding this endpoint back now: rate-limit
+ * answers since the last success, a cooldown, or a cut (or the end of its
+ * cooldown) less than quiet_ms ago. slow_start is 1 only until the first
+ * cut (or a reset). */
+int ord_gov_holding(const ord_gov *g, int64_t now, int64_t quiet_ms)
+{
+    if (g->rl_streak > 0 || now < g->cool_until_ms)
+        return 1;
+    return g->slow_start != 1 && now < g->epoch_ms + quiet_ms;
+}
+
+int ord_rate_limit_answer(const ord_req *r, ord_reason reason)
+{
+    return rate_limit_signal(r, reason);
+}

@@ -23,13 +23,13 @@
  * reads all of them but drop_params. */
 enum {
     K_num_retries, K_max_retries, K_timeout, K_api_key, K_api_base, K_base_url, K_extra_headers,
-    K_drop_params, K_fallbacks, K_raise_on_error, K_COUNT
+    K_drop_params, K_fallbacks, K_raise_on_error, K_hedge, K_COUNT
 };
 
 static const ord_named kw_names[K_COUNT] = {
     ORD_NAMED("num_retries"), ORD_NAMED("max_retries"), ORD_NAMED("timeout"), ORD_NAMED("api_key"),
     ORD_NAMED("api_base"), ORD_NAMED("base_url"), ORD_NAMED("extra_headers"), ORD_NAMED("drop_params"),
-    ORD_NAMED("fallbacks"), ORD_NAMED("raise_on_error"),
+    ORD_NAMED("fallbacks"), ORD_NAMED("raise_on_error"), ORD_NAMED("hedge"),
 };
 
 static int is_interpreted(const char *k, size_t n)
@@ -217,6 +217,13 @@ static int read_limits(ord_req *r, const kw_view *kv, const ord_env *env)
         r->strict = s;
     } else {
         r->strict = ord_env_true(env, ORD_E_OPENROUTER_RAISE_ON_ERROR);
+    }
+    PyObject *hedge = kv->v[K_hedge]; /* hedge=False: never a second attempt */
+    if (hedge) {
+        int h = PyObject_IsTrue(hedge);
+        if (h < 0)
+            return -1;
+        r->no_hedge = !h;
     }
     return 0;
 }

@@ -31,7 +31,7 @@ import os
 TOLERATE = set(filter(None, os.environ.get("ORD_FUZZ_TOLERATE", "").split(",")))
 
 INTERPRETED = {"num_retries", "max_retries", "timeout", "api_key", "api_base", "base_url",
-               "extra_headers", "drop_params", "fallbacks", "raise_on_error"}
+               "extra_headers", "drop_params", "fallbacks", "raise_on_error", "hedge"}
 ENV_NAMES = ("OPENAI_API_KEY", "OPENROUTER_TITLE", "OPENROUTER_REFERER", "OPENAI_API_BASE")
 # The exceptions a call may raise for arguments it cannot send (TypeError is the documented
 # one; a str that is not valid Unicode and an int too large for a C long raise their own).

@@ -40,6 +40,7 @@ def _load() -> Any:
         from . import _native as native
 
         native.set_governor(*_governor_env())
+        native.set_hedge(*_hedge_env())
         if log is None:
             log = logging.getLogger("openrouter_direct")
             _apply_loglevel(logging)
@@ -132,15 +133,16 @@ def stats() -> dict[str, Any]:
 def metrics(prefix: str = "openrouter/") -> dict[str, float]:
     """What changed since the last ``metrics()`` read, as a flat dict of numbers for
     ``wandb.log``: calls, succeeded, failed, ``failed/<reason>``, cancelled, retries,
-    rate_limited (attempts answered 429), cost, prompt/completion/total tokens, p50/p95 latency
-    (ms) of the calls finished in the interval, and the in_flight / queued gauges; every key
-    starts with ``prefix``."""
+    rate_limited (attempts answered 429), hedges (sent) and hedges_won, cost,
+    prompt/completion/total tokens, p50/p95 latency (ms) of the calls finished in the interval,
+    and the in_flight / queued gauges; every key starts with ``prefix``."""
     from ._metrics import metrics as read
     return read(_native or _load(), prefix)
 
 
 def configure(*, max_concurrent_calls: int | None = None, max_cost: float | None = None,
-              adaptive: bool | None = None, rate_limit_wait: float | None = None) -> dict[str, Any]:
+              adaptive: bool | None = None, rate_limit_wait: float | None = None,
+              hedge: str | bool | None = None, hedge_budget: float | None = None) -> dict[str, Any]:
     """Change process-wide settings at run time; returns the settings now in force.
 
     ``max_concurrent_calls`` caps the calls on the wire across every loop and thread
@@ -148,7 +150,10 @@ def configure(*, max_concurrent_calls: int | None = None, max_cost: float | None
     ``OPENROUTER_ADAPTIVE``) it is the ceiling the governor adapts under. ``max_cost`` is this
     process's budget in OpenRouter credits (USD), 0 for none (``OPENROUTER_MAX_COST``);
     ``rate_limit_wait`` the seconds a call may wait out rate limits
-    (``OPENROUTER_RATE_LIMIT_WAIT``)."""
+    (``OPENROUTER_RATE_LIMIT_WAIT``). ``hedge`` is when a slow attempt gets a second one: a
+    percentile such as ``"p99.5"`` (the default) or ``"p99"``, or ``"off"`` / ``False``
+    (``OPENROUTER_HEDGE``); ``hedge_budget`` the share of calls that may be hedged, 0 to 1
+    (``OPENROUTER_HEDGE_BUDGET``, default 0.05). docs/HEDGING.md has the whole story."""
     global _budget_logged
     native = _native or _load()
     if max_concurrent_calls is not None:
@@ -159,8 +164,57 @@ def configure(*, max_concurrent_calls: int | None = None, max_cost: float | None
     cost = -1.0 if max_cost is None else _number("max_cost", max_cost)
     if max_cost is not None:
         _budget_logged = False
+    q = -1.0 if hedge is None else _hedge_quantile("hedge", hedge)
+    share = -1.0 if hedge_budget is None else _share("hedge_budget", _number("hedge_budget",
+                                                                             hedge_budget))
     gov = native.set_governor(-1 if adaptive is None else int(adaptive), wait, cost)
-    return {"max_concurrent_calls": native.set_limit(None), **gov}
+    hedging = native.set_hedge(q, share)
+    return {"max_concurrent_calls": native.set_limit(None), **gov,
+            "hedge": _hedge_name(hedging["hedge"]), "hedge_budget": hedging["hedge_budget"]}
+
+
+def _hedge_quantile(name: str, value: Any) -> float:
+    """'off' (or False) -> 0.0; 'p95' / 'p99.5' -> 0.95 / 0.995; anything else: ValueError."""
+    if value is False:
+        return 0.0
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in ("off", "0", "false", "no"):
+        return 0.0
+    if text and text[0] == "p":
+        try:
+            pct = float(text[1:])
+        except ValueError:
+            pct = float("nan")
+        if 50.0 <= pct < 100.0:
+            return pct / 100.0
+    raise ValueError(f"{name} must be 'off' or a percentile from p50 to p99.9 (such as 'p99'), "
+                     f"not {value!r}")
+
+
+def _hedge_name(q: float) -> str:
+    return "off" if q <= 0 else "p%g" % round(q * 100.0, 6)
+
+
+def _share(name: str, v: float) -> float:
+    if v > 1.0:
+        raise ValueError(f"{name} must be a share of calls from 0 to 1, not {v!r}")
+    return v
+
+
+def _hedge_env() -> tuple[float, float]:
+    """OPENROUTER_HEDGE, OPENROUTER_HEDGE_BUDGET, checked as the governor's variables are."""
+    env = os.environ
+    raw = env.get("OPENROUTER_HEDGE", "").strip()
+    q = _hedge_quantile("OPENROUTER_HEDGE", raw) if raw else -1.0
+    text = env.get("OPENROUTER_HEDGE_BUDGET", "").strip()
+    share = -1.0
+    if text:
+        try:
+            v = float(text)
+        except ValueError:
+            raise ValueError(f"OPENROUTER_HEDGE_BUDGET must be a number, not {text!r}") from None
+        share = _share("OPENROUTER_HEDGE_BUDGET", _finite("OPENROUTER_HEDGE_BUDGET", v, text))
+    return q, share
 
 
 def _finite(name: str, v: float, shown: Any) -> float:

@@ -63,6 +63,9 @@ def metrics(native: Any, prefix: str = "openrouter/") -> dict[str, float]:
     # in-flight-budget 402); with it off (OPENROUTER_ADAPTIVE=0), the 429s are what there is.
     out["rate_limited"] = max(st.get("rate_limited", 0) - pst.get("rate_limited", 0),
                               status.get(429, 0) - pstatus.get(429, 0))
+    hedge, phedge = st["hedge"], pst.get("hedge", {})
+    out["hedges"] = hedge["sent"] - phedge.get("sent", 0)
+    out["hedges_won"] = hedge["won"] - phedge.get("won", 0)
     out["in_flight"] = st["in_flight"]
     out["queued"] = st["queued"]
     if t0 is not None:

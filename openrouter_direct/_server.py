@@ -52,11 +52,17 @@ on to the rules and modes below.
 
 Knobs for demos and realism, all settable on a running server: ``latency_ms``
 (added to every success; with ``latency_jitter`` > 0 it is the median of a
-log-normal spread of that sigma), ``fault_rate`` (that share of the requests
+log-normal spread of that sigma), ``stall_rate`` and ``stall_s`` (that share of
+successes, drawn per attempt, first waits ``stall_s`` seconds: a provider that
+stalls now and then; ``stalls`` counts them), ``fault_rate`` (that share of the requests
 for models outside ``fake/`` fail at random with 503, 502, 429 or a 200 whose
 body is a 502 error object), ``api_keys`` (a set: only those keys pass,
 others get 401 as OpenRouter answers them; ``None``, the default, accepts any
 key) and ``key_data`` (what ``GET /key`` describes).
+
+``abandoned`` counts the chat requests whose client closed the connection while
+the server was still holding the answer back (a stall, ``fault="stall"``, or a
+scripted ``delay_ms``): what a client that aborts a transfer looks like from here.
 
 The one rule that keeps it correct: everything that touches a socket runs on the
 server's loop thread; state that test threads read or reset (``requests``,
@@ -265,6 +271,10 @@ class FakeOpenRouter:
         self.latency_ms = float(latency_ms)
         self.latency_jitter = float(latency_jitter)
         self.fault_rate = float(fault_rate)
+        self.stall_rate = 0.0
+        self.stall_s = 0.0
+        self.stalls = 0
+        self.abandoned = 0
         self.ssl_context = ssl_context
         self.api_keys: Optional[Set[str]] = None
         self.key_data: Dict[str, Any] = dict(_DEFAULT_KEY_DATA)
@@ -395,6 +405,8 @@ class FakeOpenRouter:
             self._attempts.clear()
             self._rules.clear()
             self.faults_injected = 0
+            self.stalls = 0
+            self.abandoned = 0
             self.usage_sent = {"prompt_tokens": 0, "completion_tokens": 0,
                                "cost": 0.0, "replies": 0}
             self._rl = None
@@ -715,10 +727,26 @@ class FakeOpenRouter:
             return await self._send(req, writer, 400, _error_body(
                 400, "bad argument in fake model %r" % model))
 
+    async def _held(self, reader: asyncio.StreamReader, seconds: float) -> bool:
+        """Wait before answering; False (and counted in ``abandoned``) when the client closed
+        the connection meanwhile. A client sends nothing while it waits for an answer, so any
+        read that returns is its end of the connection."""
+        try:
+            data = await asyncio.wait_for(reader.read(1), seconds)
+        except asyncio.TimeoutError:
+            return True
+        except (ConnectionError, OSError):
+            data = b""
+        if data:
+            return True
+        with self._lock:
+            self.abandoned += 1
+        return False
+
     async def _scripted(self, rule: ScriptRule, req: _Request, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> bool:
-        if rule.delay_ms > 0:
-            await asyncio.sleep(rule.delay_ms / 1000.0)
+        if rule.delay_ms > 0 and not await self._held(reader, rule.delay_ms / 1000.0):
+            return False
         if rule.reply is not None:
             if self.latency_ms > 0:
                 await asyncio.sleep(self._latency_s())
@@ -781,18 +809,25 @@ class FakeOpenRouter:
         return self.latency_ms / 1000.0
 
     async def _success(self, req: _Request, writer: asyncio.StreamWriter, content: Any,
-                       prefix: bytes = b"") -> bool:
+                       prefix: bytes = b"", reader: Optional[asyncio.StreamReader] = None) -> bool:
+        if self.stall_rate > 0 and self._rng.random() < self.stall_rate:
+            with self._lock:
+                self.stalls += 1
+            if reader is not None and not await self._held(reader, self.stall_s):
+                return False
         if self.latency_ms > 0:
             await asyncio.sleep(self._latency_s())
         return await self._send(req, writer, 200, prefix + self._completion(req, content))
 
     async def _m_echo(self, req: _Request, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter, arg: str) -> bool:
-        return await self._success(req, writer, "echo: " + _last_message_text(req.body))
+        return await self._success(req, writer, "echo: " + _last_message_text(req.body),
+                                   reader=reader)
 
     async def _m_json(self, req: _Request, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter, arg: str) -> bool:
-        return await self._success(req, writer, judge_json(_last_message_text(req.body)))
+        return await self._success(req, writer, judge_json(_last_message_text(req.body)),
+                                   reader=reader)
 
     async def _m_slow(self, req: _Request, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter, arg: str) -> bool:
@@ -882,7 +917,14 @@ class FakeOpenRouter:
     async def _m_stall(self, req: _Request, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter, arg: str) -> bool:
         while True:  # until the client closes or the server stops
-            if not await reader.read(65536):
+            try:
+                data = await reader.read(65536)
+            except (ConnectionError, OSError):
+                data = b""
+            if not data:
+                if not self._stopping:
+                    with self._lock:
+                        self.abandoned += 1
                 return False
 
     async def _m_headers(self, req: _Request, reader: asyncio.StreamReader,

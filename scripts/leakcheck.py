@@ -5,7 +5,8 @@
 Each round makes calls that succeed, fail in every way (HTTP statuses, resets, truncated and
 unparsable bodies, timeouts, a reply over the size cap, CR/LF in a header, no key, a
 programming error), raise in strict mode, are cancelled (queued, on the wire, backing off),
-are left behind in a closed loop, and are made synchronously; it also reads stats().  The
+are left behind in a closed loop, are made synchronously, and are hedged (the hedge wins, loses,
+stands in for a failed attempt, fails with it, is cancelled with it); it also reads stats().  The
 local FakeOpenRouter runs in this process.
 
 --lsan: run under an ASan build with LD_PRELOAD=libasan and
@@ -205,7 +206,52 @@ async def governor_paths(base, r):
         od.configure(adaptive=False, rate_limit_wait=600, max_cost=0)
 
 
+_SERVER = None  # the FakeOpenRouter of main(), for the hedge paths' scripted replies
+
+
+async def hedge_paths(base, r):
+    """Hedged calls: every way a call and its hedges can end. The estimate is per endpoint and
+    model, and trusted after 128 successes: a model of its own each round, warmed up first (the
+    slow replies of a round would teach the next one's estimate that they are normal)."""
+    srv = _SERVER
+    od.configure(hedge="p99.5", hedge_budget=1.0)
+    model = "m/hedge-%d" % r
+    # a key of its own: an endpoint the governor paths never rate-limit (no hedge goes to one)
+    kw = {"api_base": base, "api_key": "sk-or-leakcheck-hedge"}
+    try:
+        await asyncio.gather(*(od.run_openrouter_async(model, "hw-%d" % i, **kw)
+                               for i in range(140)))
+        tag = "hg-%d-" % r
+        srv.script(fault="stall", match=tag + "a")                   # the hedge wins
+        srv.script(reply="first", match=tag + "b", delay_ms=300)     # the call's attempt wins
+        srv.script(fault="stall", match=tag + "b", times=2)
+        srv.script(status=400, match=tag + "c", delay_ms=300)        # a hedge stands in
+        srv.script(reply="hedged", match=tag + "c", delay_ms=400, times=2)
+        srv.script(status=400, match=tag + "d", delay_ms=300, times=3)  # all fail
+        srv.script(fault="stall", match=tag + "e")                   # raw: the hedge wins
+        out = await asyncio.gather(
+            od.run_openrouter_async(model, tag + "a", **kw),
+            od.run_openrouter_async(model, tag + "b", **kw),
+            od.run_openrouter_async(model, tag + "c", **kw, num_retries=0),
+            od.run_openrouter_async(model, tag + "d", **kw, raise_on_error=True),
+            od.run_openrouter_async_raw(model, tag + "e", **kw),
+            return_exceptions=True)
+        assert out[:3] == ["echo: %sa" % tag, "first", "hedged"], out
+        assert isinstance(out[3], od.APIStatusError), out[3]
+        assert out[4].choices[0].message.content == "echo: %se" % tag, out[4]
+        srv.script(fault="stall", match=tag + "f", times=3)          # cancelled with its hedges
+        task = asyncio.ensure_future(od.run_openrouter_async(model, tag + "f", **kw))
+        deadline = time.monotonic() + 10
+        while srv.attempts_for(tag + "f") < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        od.configure(hedge_budget=0.05)
+
+
 def one_round(base, r):
+    asyncio.run(hedge_paths(base, r))
     asyncio.run(async_paths(base, r))
     asyncio.run(governor_paths(base, r))
     asyncio.run(raw_paths(base, r))
@@ -260,7 +306,9 @@ def main():
     # failures are the point here, and so are tasks left in closed loops: keep quiet about them
     logging.getLogger("openrouter_direct").setLevel(os.environ.get("LEAKCHECK_LOG", "CRITICAL"))
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    global _SERVER
     with FakeOpenRouter() as srv:
+        _SERVER = srv
         od.configure(max_concurrent_calls=16, adaptive=False)
         one_round(srv.base_url, 0)
         settle()

@@ -19,7 +19,8 @@ import pytest
 os.environ["OPENROUTER_RETRY_BASE_DELAY"] = "0.01"
 os.environ["OPENROUTER_RETRY_MAX_DELAY"] = "0.05"
 for _name in ("OPENROUTER_MAX_CONCURRENT_CALLS", "LOGLEVEL", "OPENROUTER_RAISE_ON_ERROR",
-              "OPENROUTER_ADAPTIVE", "OPENROUTER_RATE_LIMIT_WAIT", "OPENROUTER_MAX_COST"):
+              "OPENROUTER_ADAPTIVE", "OPENROUTER_RATE_LIMIT_WAIT", "OPENROUTER_MAX_COST",
+              "OPENROUTER_HEDGE", "OPENROUTER_HEDGE_BUDGET"):
     os.environ.pop(_name, None)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,6 +43,7 @@ def reset_governor():
     from openrouter_direct import _api
     if _api._native is not None:
         _api._native.set_governor(1, 600.0, 0.0)
+        _api._native.set_hedge(0.995, 0.05)
         _api._native.reset_governor()
 
 
@@ -87,6 +89,14 @@ def concurrency_cap(od):
     previous = od.configure()["max_concurrent_calls"]
     yield lambda n: od.configure(max_concurrent_calls=n)
     od.configure(max_concurrent_calls=previous)
+
+
+@pytest.fixture
+def hedge_off(od):
+    """OPENROUTER_HEDGE=off for one test: one attempt at a time, as before hedging."""
+    od.configure(hedge="off")
+    yield
+    od.configure(hedge="p99.5")
 
 
 @pytest.fixture
