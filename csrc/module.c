@@ -592,7 +592,9 @@ static PyObject *mod_governor_events(PyObject *module, PyObject *Py_UNUSED(ignor
     int n;
     while (list && (n = ord_gov_events_take(ev, 64)) > 0) {
         for (int i = 0; i < n; i++) {
-            PyObject *t = Py_BuildValue("(sllz)", ev[i].url, ev[i].from, ev[i].to, ev[i].why);
+            /* The URL is the caller's bytes, cut to fit: not always UTF-8. */
+            PyObject *url = PyUnicode_DecodeUTF8(ev[i].url, (Py_ssize_t)strlen(ev[i].url), "replace");
+            PyObject *t = url ? Py_BuildValue("(Nllz)", url, ev[i].from, ev[i].to, ev[i].why) : NULL;
             if (!t || PyList_Append(list, t) < 0) {
                 Py_XDECREF(t);
                 Py_CLEAR(list);

@@ -3,6 +3,7 @@
 Every scenario that changes process-wide state (a subinterpreter, cJSON's hooks, fork, exit)
 runs in a fresh interpreter against the session's fake server."""
 
+import asyncio
 import logging
 import os
 import sys
@@ -312,3 +313,21 @@ def test_submits_racing_shutdown_end_cleanly(server):
         proc = run_py(SUBMIT_VS_SHUTDOWN, timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith("ok "), (proc.stdout, proc.stderr)
+
+
+def test_a_governor_event_for_a_url_that_is_not_utf8_is_logged(od, server, env_bytes, caplog):
+    # Before: governor_events() decoded the URL strictly, so the DEBUG hook that drains it
+    # raised UnicodeDecodeError on the completion path. 20 calls at once outgrow the first
+    # limit of 8, and each raise of the limit is an event naming the URL.
+    env_bytes(b"OPENAI_API_BASE", server.base_url.encode() + b"/\xff")
+    tag = uniq()
+
+    async def twenty():
+        return await asyncio.gather(*(od.run_openrouter_async("fake/echo", "%s-%d" % (tag, i))
+                                      for i in range(20)))
+    with caplog.at_level(logging.DEBUG, logger="openrouter_direct"):
+        got = arun(twenty(), timeout=60)
+        bounded(od.run_openrouter, "fake/echo", tag)  # drains the events of the last replies
+    assert got == ["echo: %s-%d" % (tag, i) for i in range(20)]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("governor ")]
+    assert any("\ufffd" in line and "slow start" in line for line in lines), caplog.text
