@@ -3,14 +3,37 @@
 Every scenario that changes process-wide state (a subinterpreter, cJSON's hooks, fork, exit)
 runs in a fresh interpreter against the session's fake server."""
 
+import asyncio
 import logging
 import os
+import shutil
+import subprocess
 import sys
 import uuid
 
 import pytest
 
-from helpers import arun, bounded, run_py, uniq
+from helpers import REPO, SANITIZED, arun, bound, bounded, run_py, uniq, wait_until
+from openrouter_direct._server import FakeOpenRouter
+
+
+SHIMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shims")
+
+
+def c_compiler():
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("needs a C compiler to build its LD_PRELOAD shim")
+    return cc
+
+
+def build_shim(cc, name, tmp_path):
+    """tests/shims/<name>.c as a shared object to preload; returns its path."""
+    out = tmp_path / (name + ".so")
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-o", str(out),
+                    os.path.join(SHIMS, name + ".c"), "-ldl"], check=True)
+    return str(out)
+
 
 
 # ------------------------------------------------------------------ subinterpreters
@@ -305,10 +328,70 @@ print("ok", len(results))
 
 
 def test_submits_racing_shutdown_end_cleanly(server):
-    # A guard for the wake-under-g_mu fix (RELIABILITY.md, defect 9): the window is a few
-    # instructions wide, so this passed before the fix too in a normal build; under ASan a
-    # submit that woke a freed engine would be reported.
+    # A guard (defect 9's reproduction is the test below): in a normal build the window is a
+    # few instructions wide, and this passed before the fix too.
     for _ in range(3):
         proc = run_py(SUBMIT_VS_SHUTDOWN, timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith("ok "), (proc.stdout, proc.stderr)
+
+
+SUBMIT_INSIDE_SHUTDOWN = r"""
+import ctypes, os, threading, openrouter_direct as od
+shim = ctypes.CDLL(None)  # the preloaded eventfd/close/write watcher
+native = od._api._load()
+assert od.run_openrouter("fake/echo", "window-warm") == "echo: window-warm"  # the engine runs
+# From here on the test build pauses: a shutdown before it takes g_mu, a submit after it
+# lets g_mu go.
+os.environ["ORD_TEST_PAUSE_BEFORE_SHUTDOWN_MS"] = str(PAUSE_SHUTDOWN)
+os.environ["ORD_TEST_PAUSE_AFTER_SUBMIT_MS"] = str(PAUSE_SUBMIT)
+entered = threading.Event()
+def stop():
+    entered.set()
+    native.shutdown()  # lets the GIL go, pauses, then stops and frees the engine
+t = threading.Thread(target=stop)
+t.start()
+entered.wait()
+# This submit takes g_mu while the shutdown pauses, and pauses itself just after letting it
+# go: the shutdown frees the engine and closes its eventfd in between.
+out = od.run_openrouter("fake/echo", "window-late")
+t.join()
+print(out in ("", "echo: window-late"), shim.stalewake_count())
+"""
+
+
+@pytest.fixture(scope="module")
+def hooked_build(tmp_path_factory):
+    """A copy of the package built with OPENROUTER_DIRECT_TEST_HOOKS=1 (the pauses that widen
+    a race window; never in a normal build)."""
+    if SANITIZED:
+        pytest.skip("builds a plain copy of its own and preloads its own shim")
+    cc = c_compiler()
+    root = tmp_path_factory.mktemp("hooked")
+    for name in ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in"):
+        if os.path.exists(os.path.join(REPO, name)):
+            shutil.copy(os.path.join(REPO, name), root / name)
+    shutil.copytree(os.path.join(REPO, "csrc"), root / "csrc")
+    shutil.copytree(os.path.join(REPO, "openrouter_direct"), root / "openrouter_direct",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    env = dict(os.environ, OPENROUTER_DIRECT_TEST_HOOKS="1", CC=cc)
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=root,
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+def test_a_submit_that_lets_g_mu_go_before_waking_cannot_wake_a_freed_engine(server, tmp_path,
+                                                                           hooked_build):
+    # Before: ord_engine_submit woke the engine after releasing g_mu, so a shutdown that took
+    # g_mu in between freed the engine and closed its eventfd, and the submit then wrote its
+    # wake-up to that number: read from freed memory, written to a closed descriptor (or to
+    # whatever file took the number). The test build widens the window with pauses, and a
+    # preloaded shim counts wake-ups written to an eventfd after it was closed.
+    shim = build_shim(c_compiler(), "stalewake", tmp_path)
+    code = (SUBMIT_INSIDE_SHUTDOWN.replace("PAUSE_SHUTDOWN", str(int(bound(0.2) * 1000)))
+            .replace("PAUSE_SUBMIT", str(int(bound(0.6) * 1000))))
+    proc = run_py(code, timeout=60, env={"LD_PRELOAD": shim, "PYTHONPATH": str(hooked_build)},
+                  cwd=str(hooked_build))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "0"], (proc.stdout, proc.stderr)
