@@ -287,6 +287,37 @@ def test_kwargs_emptied_by_python_code_while_the_body_is_built_do_not_change_the
 
 
 # ------------------------------------------------------------------ small ones
+class HashFailsAfter(str):
+    """A model name whose hash works ``ok`` times, then raises."""
+
+    def __new__(cls, text, ok):
+        self = super().__new__(cls, text)
+        self.ok, self.hashes = ok, 0
+        return self
+
+    def __hash__(self):
+        self.hashes += 1
+        if self.hashes > self.ok:
+            raise RuntimeError("hash refused")
+        return str.__hash__(self)
+
+
+@pytest.mark.parametrize("ok", [0, 1], ids=["contains-fails", "add-fails"])
+def test_a_failure_inside_the_once_per_model_warning_is_raised_not_lost(od, server, monkeypatch,
+                                                                        ok):
+    # The warning for a bare OpenAI name keys a set by (kind, model): the model's hash runs in
+    # PySet_Contains, then in PySet_Add. Before: when PySet_Add failed, warn_once returned 0
+    # with the exception still set; the call went on and the exception was lost (or surfaced
+    # later as a SystemError). A failure there must come back as that exception.
+    monkeypatch.setenv("OPENAI_API_BASE", "http://openrouter.ai/api/v1")  # where names are mapped
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:%d" % server.port)
+    model = HashFailsAfter("gpt-hash-%s" % uuid.uuid4().hex[:8], ok)
+    with pytest.raises(RuntimeError, match="hash refused"):
+        bounded(od.run_openrouter, model, uniq(), num_retries=0)
+    assert model.hashes == ok + 1  # the failing hash was the last one: nothing ran after it
+    assert server.requests == []   # and nothing was sent
+
+
 def test_the_largest_cap_works(od, concurrency_cap):
     # Before: the engine sized its connection cache as limit + 16, a signed overflow for the
     # largest cap. A guard: with CPython's -fwrapv it wrapped to a negative size that libcurl
