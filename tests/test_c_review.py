@@ -318,14 +318,30 @@ def test_a_failure_inside_the_once_per_model_warning_is_raised_not_lost(od, serv
     assert server.requests == []   # and nothing was sent
 
 
-def test_the_largest_cap_works(od, concurrency_cap):
-    # Before: the engine sized its connection cache as limit + 16, a signed overflow for the
-    # largest cap. A guard: with CPython's -fwrapv it wrapped to a negative size that libcurl
-    # refused, so this passed before too; without -fwrapv it is undefined behaviour.
-    concurrency_cap(sys.maxsize)
-    prompt = uniq()
-    assert bounded(od.run_openrouter, "fake/echo", prompt) == "echo: " + prompt
-    assert od.stats()["max_concurrent_calls"] == sys.maxsize
+@pytest.mark.parametrize("cap", [64, sys.maxsize], ids=["cap-64", "largest-cap"])
+def test_pooled_connections_survive_between_bursts_at_any_cap(od, concurrency_cap, adaptive_off,
+                                                              cap):
+    # The engine sizes libcurl's connection cache as cap + 16 (libcurl's default keeps 4 per
+    # transfer still running, and closes the rest as a burst drains). Before: for the largest
+    # cap, limit + 16 wrapped (CPython builds with -fwrapv) to a negative size, libcurl fell
+    # back to its default, and the next burst opened its connections again. A server of its
+    # own: no pooled connection from another test is counted.
+    concurrency_cap(cap)
+    with FakeOpenRouter() as srv:
+        async def burst(tag, n):
+            return await asyncio.gather(*(
+                od.run_openrouter_async("fake/slow-1000", "%s-%d" % (tag, i), api_base=srv.base_url)
+                for i in range(n)))
+        tag = uniq("burst")
+        assert arun(burst(tag, 24)) == ["echo: %s-%d" % (tag, i) for i in range(24)]
+        # distinct connections the first burst held at once (each call waits 1 s on its own)
+        first = len({r["conn"] for r in srv.chat_requests()})
+        assert first >= 8, first  # well above the 4 libcurl's default would keep
+        opened = srv.connections_opened
+        tag = uniq("again")
+        assert arun(burst(tag, first)) == ["echo: %s-%d" % (tag, i) for i in range(first)]
+        assert srv.connections_opened == opened, "the second burst opened new connections"
+    assert od.stats()["max_concurrent_calls"] == cap
 
 
 # ------------------------------------------------------------------ submit racing shutdown
