@@ -344,6 +344,62 @@ def test_pooled_connections_survive_between_bursts_at_any_cap(od, concurrency_ca
     assert od.stats()["max_concurrent_calls"] == cap
 
 
+CHANNEL_CLEARED = r"""
+import asyncio, atexit, gc, sys, time, weakref
+import openrouter_direct as od
+native = od._api._load()
+N = 5
+loop = asyncio.new_event_loop()
+async def start():
+    # Through the extension itself: the public coroutine's own finaliser would cancel its call
+    # before the collector clears anything; a future awaited elsewhere leaves the channel as the
+    # only holder of the call.
+    return [native.submit("fake/stall", "tp-clear-%d-%s" % (i, TAG), None, None,
+                          {"timeout": 300, "num_retries": 0}, 16384) for i in range(N)]
+calls = loop.run_until_complete(start())
+async def on_the_wire():
+    while native.stats()["in_flight"] < N:
+        await asyncio.sleep(0.005)
+loop.run_until_complete(on_the_wire())
+channel = [k.data[0]._callback.__self__ for k in loop._selector.get_map().values()
+           if type(getattr(k.data[0]._callback, "__self__", None)).__name__ == "Channel"]
+assert len(channel) == 1, channel
+# Make the module, its channel, the loop and the futures one unreachable cycle: no exit hook,
+# no sys.modules entry, no name.
+atexit.unregister(native.shutdown)
+for name in [m for m in sys.modules if m.startswith("openrouter_direct")]:
+    del sys.modules[name]
+gone = weakref.ref(native)
+gc.disable()  # no collection but ours
+gc.collect()  # the survivors in one list, the channel ahead of its future map
+class Holder:
+    pass
+holder = Holder()  # younger than the channel: the collector clears the channel first, while
+holder.me, holder.channel = holder, channel[0]  # this keeps it alive: tp_clear, not dealloc
+del od, native, loop, calls, channel, holder
+gc.collect()
+assert gone() is None, "the module was not collected"
+import openrouter_direct as od  # a new module over the same process-wide engine
+deadline = time.monotonic() + WAIT
+while od.stats()["in_flight"] and time.monotonic() < deadline:
+    time.sleep(0.005)
+s = od.stats()
+print("in_flight", s["in_flight"], "cancelled", s["cancelled"])
+"""
+
+
+def test_a_channel_cleared_by_the_collector_cancels_its_calls(server):
+    # Before: Channel's tp_clear dropped its future map, which holds the submitter's reference
+    # to each call it tracks, without cancelling or releasing them: the calls stayed on the
+    # wire (until their 300 s timeout) and their memory was never freed.
+    tag = uuid.uuid4().hex
+    proc = run_py(CHANNEL_CLEARED.replace("TAG", repr(tag)).replace("WAIT", repr(bound(20))),
+                  timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "in_flight 0 cancelled 5", (proc.stdout, proc.stderr)
+    assert wait_until(lambda: server.in_progress == 0), "the server still holds the calls"
+
+
 # ------------------------------------------------------------------ submit racing shutdown
 SUBMIT_VS_SHUTDOWN = r'''
 import threading, openrouter_direct as od
