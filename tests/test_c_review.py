@@ -400,6 +400,45 @@ def test_a_channel_cleared_by_the_collector_cancels_its_calls(server):
     assert wait_until(lambda: server.in_progress == 0), "the server still holds the calls"
 
 
+FREED_KEY = r"""
+import asyncio, ctypes, os, openrouter_direct as od
+shim = ctypes.CDLL(None)  # the preloaded free() that scans each freed block
+key = os.environ["OPENAI_API_KEY"]
+# a block freed with the secret in it is counted: the detector works
+probe = ctypes.create_string_buffer(b"Bearer " + key.encode())
+shim.freescan_set(b"Bearer " + key.encode())
+libc_malloc = shim.malloc
+libc_malloc.restype = ctypes.c_void_p
+block = libc_malloc(256)
+ctypes.memmove(block, probe, len(probe))
+shim.free(ctypes.c_void_p(block))
+print("probe", shim.freescan_hits())
+shim.freescan_reset()
+assert od.run_openrouter("fake/echo", "wipe-sync") == "echo: wipe-sync"
+async def main():
+    return await asyncio.gather(*(od.run_openrouter_async("fake/echo", "wipe-%d" % i)
+                                  for i in range(5)))
+assert asyncio.run(main()) == ["echo: wipe-%d" % i for i in range(5)]
+assert od.run_openrouter("fake/echo", "wipe-own-list", extra_headers={"X-Other": "1"}) \
+    == "echo: wipe-own-list"  # a header list of its own, freed with the call
+os.environ["OPENAI_API_KEY"] = key + "-next"  # the shared list for the old key is dropped
+assert od.run_openrouter("fake/echo", "wipe-next-key") == "echo: wipe-next-key"
+print("calls", shim.freescan_hits())
+"""
+
+def test_header_lines_holding_the_key_are_wiped_before_they_are_freed(server, tmp_path):
+    # Before: the "Bearer <key>" buffer (its memset before free() was dropped by the
+    # compiler), the "Authorization: Bearer <key>" line and libcurl's copies of it in each header
+    # list went back to the heap with the key in them. A free() preloaded into a fresh
+    # interpreter scans every block freed while the package calls.
+    cc = c_compiler()
+    if SANITIZED:
+        pytest.skip("a sanitizer runtime owns free() in this run")
+    proc = run_py(FREED_KEY, timeout=60, env={"LD_PRELOAD": build_shim(cc, "freescan", tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["probe", "1", "calls", "0"], (proc.stdout, proc.stderr)
+
+
 # ------------------------------------------------------------------ submit racing shutdown
 SUBMIT_VS_SHUTDOWN = r'''
 import threading, openrouter_direct as od
