@@ -202,6 +202,7 @@ print(time.perf_counter() - t0, threading.active_count())
 def test_ctrl_c_interrupts_a_blocked_sync_call(server):
     code = r'''
 import os, signal, threading, time, openrouter_direct as od
+signal.signal(signal.SIGINT, signal.default_int_handler)  # see helpers.SIGINT_AS_INTERACTIVE
 def interrupt_once_on_the_wire():
     while od.stats()["in_flight"] < 1:
         time.sleep(0.005)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import REPO, bound, run_py, wait_until
+from helpers import REPO, SIGINT_AS_INTERACTIVE, bound, run_py, wait_until
 
 
 def test_multiprocessing_fork_pool_while_parent_has_calls_in_flight(server):
@@ -157,7 +157,8 @@ def spawn(code):
     # These pin a call "in backoff" with a long Retry-After: per-call backoff, as the fixed cap
     # has it; with the governor the whole endpoint would cool down (tests/test_governor.py).
     env["OPENROUTER_ADAPTIVE"] = "0"
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-c", SIGINT_AS_INTERACTIVE + code],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
 
 
