@@ -1,7 +1,8 @@
 """Build of openrouter_direct's C extension.
 
 libcurl and cJSON are found through pkg-config. OPENROUTER_DIRECT_SANITIZE=address|undefined|thread
-(comma-separated) builds with those sanitizers; OPENROUTER_DIRECT_DEBUG=1 builds -O0 -g.
+(comma-separated) builds with those sanitizers; OPENROUTER_DIRECT_DEBUG=1 builds -O0 -g;
+OPENROUTER_DIRECT_TEST_HOOKS=1 compiles in the pauses some tests use to widen a race window.
 """
 import os
 import re
@@ -65,6 +66,8 @@ def extension():
         compile_args += ["-O0", "-g"]
     else:
         compile_args += ["-O2"]
+    if os.environ.get("OPENROUTER_DIRECT_TEST_HOOKS") == "1":
+        compile_args += ["-DORD_TEST_HOOKS"]  # race-window pauses for tests (csrc/engine.c)
     return Extension(
         "openrouter_direct._native",
         sources=[os.path.join("csrc", s) for s in SOURCES],

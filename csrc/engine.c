@@ -108,6 +108,20 @@ static void wake(engine *e)
     (void)n; /* EAGAIN: the counter is saturated, the engine is awake anyway */
 }
 
+#ifdef ORD_TEST_HOOKS
+/* Test builds only (OPENROUTER_DIRECT_TEST_HOOKS=1): sleep as long as the
+ * named variable says, so that a test can make the other side of a race win
+ * its window (tests/test_c_review.py). Not compiled into a normal build. */
+static void test_pause(const char *var)
+{
+    const char *ms = getenv(var);
+    if (ms)
+        usleep((useconds_t)atoi(ms) * 1000);
+}
+#else
+#define test_pause(var) ((void)0)
+#endif
+
 static engine *g_engine;
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER; /* g_engine, g_shut */
 static int g_shut;                 /* shutdown happened: refuse for good */
@@ -1655,6 +1669,7 @@ int ord_engine_submit(ord_req *r)
     if (was_empty)
         wake(e);
     pthread_mutex_unlock(&g_mu);
+    test_pause("ORD_TEST_PAUSE_AFTER_SUBMIT_MS");
 
     pthread_mutex_lock(&g_stats_mu);
     g_stats.calls++;
@@ -1681,6 +1696,7 @@ void ord_engine_cancel(ord_req *r)
 
 void ord_engine_shutdown(void)
 {
+    test_pause("ORD_TEST_PAUSE_BEFORE_SHUTDOWN_MS");
     pthread_mutex_lock(&g_mu);
     engine *e = g_engine;
     g_shut = 1;

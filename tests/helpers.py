@@ -82,6 +82,13 @@ async def await_until(predicate, timeout=WAIT, interval=0.005):
     return predicate()
 
 
+# For a child that is sent Ctrl-C: Python keeps SIGINT ignored when it starts with it ignored,
+# as every process started by a background job of a non-interactive shell does (nohup, CI
+# runners); there KeyboardInterrupt never comes. The child installs Python's own handler, as
+# an interactive start has it.
+SIGINT_AS_INTERACTIVE = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+
 def run_py(code, timeout=60.0, env=None, cwd=None):
     """Run ``code`` in a fresh interpreter with the repo importable; returns CompletedProcess."""
     full_env = dict(os.environ)

@@ -3,11 +3,36 @@
 Every scenario runs in a fresh interpreter with a hard timeout, so a hang fails
 the test instead of the suite."""
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 
-from helpers import bound, run_py
+from helpers import REPO, bound, run_py, wait_until
+
+
+def exit_once_the_server_has_them(server, code, prefix, n):
+    """Run ``code`` in a fresh interpreter whose main thread, once its calls are in flight,
+    waits for a line on stdin before it ends; the line is sent once the server has read ``n``
+    requests whose prompt starts with ``prefix`` (in flight at the client is not yet read at the
+    server). Returns the seconds from that line to the exit, stdout, stderr, the return code."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=REPO)
+    try:
+        wait_until(lambda: server.attempts_for(prefix) >= n or proc.poll() is not None)
+        assert server.attempts_for(prefix) >= n, "the calls never reached the server"
+        t0 = time.monotonic()
+        out, err = proc.communicate("go\n", timeout=30)
+        return time.monotonic() - t0, out, err, proc.returncode
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def test_child_after_fork_can_call_at_once_and_parent_keeps_working(server):
@@ -122,6 +147,8 @@ def wait_in_flight(n):  # the calls are on the wire
         time.sleep(0.005)
     assert od.stats()["in_flight"] >= n, od.stats()
 wait_in_flight(8)   # the governor's first window (the cap is 10), the rest queued
+import sys
+sys.stdin.readline()  # the test sends a line once the server has read them
 print("main done", flush=True)
 '''
 
@@ -130,14 +157,13 @@ print("main done", flush=True)
 # (test_c_review.py::test_non_daemon_threads_finish_their_calls_at_interpreter_exit).
 @pytest.mark.parametrize("daemon", [True], ids=["daemon"])
 def test_interpreter_exits_promptly_with_async_calls_stalled(server, daemon):
-    t0 = time.monotonic()
-    proc = run_py(EXIT_ASYNC.replace("DAEMON", str(daemon)), timeout=30)
-    elapsed = time.monotonic() - t0
-    assert proc.returncode == 0, proc.stderr
-    assert "main done" in proc.stdout
+    # the governor's first window: 8 of the 50 on the wire, read by the server, the rest queued
+    elapsed, out, err, rc = exit_once_the_server_has_them(
+        server, EXIT_ASYNC.replace("DAEMON", str(daemon)), "exit-async-", 8)
+    assert rc == 0, err
+    assert "main done" in out
     assert elapsed < bound(6), elapsed
-    assert "Fatal Python error" not in proc.stderr
-    assert server.attempts_for("exit-async-") >= 1  # calls really were on the wire
+    assert "Fatal Python error" not in err
 
 
 EXIT_SYNC = r'''
@@ -152,6 +178,8 @@ def wait_in_flight(n):  # the calls are on the wire
         time.sleep(0.005)
     assert od.stats()["in_flight"] >= n, od.stats()
 wait_in_flight(1)
+import sys
+sys.stdin.readline()  # the test sends a line once the server has read it
 print("main done", flush=True)
 '''
 
@@ -160,13 +188,14 @@ print("main done", flush=True)
 # (test_c_review.py::test_non_daemon_threads_finish_their_calls_at_interpreter_exit).
 @pytest.mark.parametrize("daemon", [True], ids=["daemon"])
 def test_interpreter_exits_promptly_with_sync_call_stalled(server, daemon):
-    t0 = time.monotonic()
-    proc = run_py(EXIT_SYNC.replace("DAEMON", str(daemon)), timeout=30)
-    elapsed = time.monotonic() - t0
-    assert proc.returncode == 0, proc.stderr
-    assert "main done" in proc.stdout
+    # Before: the child ended once its call was in flight at the client, and under load the
+    # server had not always read it yet (attempts 0). Now it ends once the server has.
+    elapsed, out, err, rc = exit_once_the_server_has_them(
+        server, EXIT_SYNC.replace("DAEMON", str(daemon)), "exit-sync", 1)
+    assert rc == 0, err
+    assert "main done" in out
     assert elapsed < bound(6), elapsed
-    assert "Fatal Python error" not in proc.stderr
+    assert "Fatal Python error" not in err
     assert server.attempts_for("exit-sync") == 1
 
 
@@ -202,6 +231,7 @@ print(time.perf_counter() - t0, threading.active_count())
 def test_ctrl_c_interrupts_a_blocked_sync_call(server):
     code = r'''
 import os, signal, threading, time, openrouter_direct as od
+signal.signal(signal.SIGINT, signal.default_int_handler)  # see helpers.SIGINT_AS_INTERACTIVE
 def interrupt_once_on_the_wire():
     while od.stats()["in_flight"] < 1:
         time.sleep(0.005)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import REPO, bound, run_py, wait_until
+from helpers import REPO, SIGINT_AS_INTERACTIVE, bound, run_py, wait_until
 
 
 def test_multiprocessing_fork_pool_while_parent_has_calls_in_flight(server):
@@ -73,9 +73,15 @@ if __name__ == "__main__":
 
 def test_repeated_fork_processes_during_a_stream_of_calls(server):
     """Twenty short-lived fork children, each started while the parent keeps calling."""
+    # The first fork waits for the stream's first replies. Before, it could come while the
+    # stream thread was still loading the extension (the first call takes _api's load lock
+    # and imports _native, libcurl, logging): the child inherited that lock held by a thread
+    # it does not have and waited on it forever (seen once in 40 evidence runs; 1 in 30 in a
+    # loop of the bare script, the child's only thread in a lock acquire). A failure inside
+    # the loop also stops the stream, so that it is reported instead of hanging the exit.
     code = r'''
 import asyncio, multiprocessing as mp, threading, openrouter_direct as od
-stop = threading.Event()
+stop, calling = threading.Event(), threading.Event()
 count = [0]
 def stream():
     async def main():
@@ -84,21 +90,25 @@ def stream():
                                          for i in range(8)))
             assert got == ["echo: st-%d" % i for i in range(8)], got
             count[0] += 1
+            calling.set()
     asyncio.run(main())
 def child(q, i):
     q.put(od.run_openrouter("fake/echo", "fc-%d" % i, timeout=10))
 if __name__ == "__main__":
     t = threading.Thread(target=stream)
     t.start()
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    for i in range(20):
-        p = ctx.Process(target=child, args=(q, i))
-        p.start()
-        assert q.get(timeout=20) == "echo: fc-%d" % i
-        p.join(10)
-        assert p.exitcode == 0, p.exitcode
-    stop.set()
+    try:
+        assert calling.wait(60), "the stream never answered"
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        for i in range(20):
+            p = ctx.Process(target=child, args=(q, i))
+            p.start()
+            assert q.get(timeout=20) == "echo: fc-%d" % i
+            p.join(10)
+            assert p.exitcode == 0, p.exitcode
+    finally:
+        stop.set()
     t.join(20)
     assert not t.is_alive() and count[0] > 0
     print("ok")
@@ -157,7 +167,8 @@ def spawn(code):
     # These pin a call "in backoff" with a long Retry-After: per-call backoff, as the fixed cap
     # has it; with the governor the whole endpoint would cool down (tests/test_governor.py).
     env["OPENROUTER_ADAPTIVE"] = "0"
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-c", SIGINT_AS_INTERACTIVE + code],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
 
 
