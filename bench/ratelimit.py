@@ -258,6 +258,25 @@ def run(client, procs, calls, rate, burst, latency_s, sigma, shape, change, env_
     return row, series
 
 
+def repeated(n, *args):
+    """run() n times: the run with the median wall time stands for all (its series too), with
+    the spread beside it; lost calls are added up over every run, since none may be lost."""
+    done = [run(*args) for _ in range(n)]
+    if n == 1:
+        return done[0]
+    done.sort(key=lambda rs: rs[0]["wall_ratio"])
+    row, series = dict(done[n // 2][0]), done[n // 2][1]
+    rows = [r for r, _ in done]
+    row["runs"] = n
+    row["lost"] = sum(r["lost"] for r in rows)
+    for k in ("wall_ratio", "share_429", "jain", "recover_halved_s", "recover_doubled_s"):
+        vals = sorted(r[k] for r in rows if r.get(k) is not None)
+        if vals:
+            row[k] = vals[len(vals) // 2]
+            row[k + "_range"] = [vals[0], vals[-1]]
+    return row, series
+
+
 # ------------------------------------------------------------------ report
 def chart(series_by_name, path):
     import matplotlib
@@ -309,13 +328,23 @@ def report(rows, args, path):
              "| client | P × calls | lost | wall / ideal N/R | attempts per call | 429 share | Jain | "
              "recovery after R/2, after 2R (s) |",
              "|---|---|--:|--:|--:|--:|--:|--:|"]
+    def spread(r, k, fmt):
+        lo_hi = r.get(k + "_range")
+        return " (%s–%s)" % (fmt % lo_hi[0], fmt % lo_hi[1]) if lo_hi else ""
     for r in rows:
         rec = ("%s, %s" % (r.get("recover_halved_s"), r.get("recover_doubled_s"))
                if r["change"] else "")
-        lines.append("| %s%s | %d × %d | %d | %.2f× (%.1f s / %.1f s) | %.2f | %.1f%% | %.3f | %s |" % (
+        lines.append("| %s%s | %d × %d%s | %d | %.2f× (%.1f s / %.1f s)%s | %.2f | %.1f%%%s | %.3f%s | %s%s |" % (
             r["client"], " (R changes)" if r["change"] else "", r["procs"], r["calls"] // r["procs"],
-            r["lost"], r["wall_ratio"], r["wall_s"], r["ideal_s"], r["attempts_per_call"],
-            100 * r["share_429"], r["jain"], rec))
+            ", %d runs" % r["runs"] if r.get("runs") else "",
+            r["lost"], r["wall_ratio"], r["wall_s"], r["ideal_s"],
+            spread(r, "wall_ratio", "%.2f"), r["attempts_per_call"],
+            100 * r["share_429"], spread({k: [100 * v for v in x] for k, x in r.items()
+                                          if k == "share_429_range"}, "share_429", "%.1f"),
+            r["jain"], spread(r, "jain", "%.3f"), rec, spread(r, "recover_doubled_s", "%s")))
+    if any(r.get("runs") for r in rows):
+        lines += ["", "Rows of several runs show the run with the median wall time, each figure's "
+                  "median and its range over the runs in brackets; `lost` adds up every run."]
     lines += ["", "![limit and goodput over time](governor.png)", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
@@ -336,6 +365,8 @@ def main():
     ap.add_argument("--no-change", action="store_true")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each row; the median is reported with the spread (a noisy machine)")
     args = ap.parse_args()
     if args.worker:
         client, m, tag = args.worker
@@ -361,16 +392,16 @@ def main():
                 print("[ratelimit] %s not installed: skipped" % client, flush=True)
                 continue
         for p in [int(x) for x in args.procs.split(",")]:
-            row, s = run(client, p, args.calls, args.rate, args.burst, args.latency, args.sigma,
-                         args.shape, False, env)
+            row, s = repeated(args.repeat, client, p, args.calls, args.rate, args.burst,
+                              args.latency, args.sigma, args.shape, False, env)
             rows.append(row)
             print(json.dumps(row), flush=True)
             if client == "od" and p == max(int(x) for x in args.procs.split(",")):
                 series["%s, %d processes" % (client, p)] = s
         if not args.no_change and client in ("od", "od-fixed"):
             p = max(int(x) for x in args.procs.split(","))
-            row, s = run(client, p, args.change_calls, args.rate, args.burst, args.latency,
-                         args.sigma, args.shape, True, env)
+            row, s = repeated(args.repeat, client, p, args.change_calls, args.rate, args.burst,
+                              args.latency, args.sigma, args.shape, True, env)
             rows.append(row)
             print(json.dumps(row), flush=True)
             series["%s, %d processes, R halved then doubled" % (client, p)] = s
