@@ -25,6 +25,7 @@ ord_state *ord_get_state(PyObject *module)
 static void atfork_child(void)
 {
     ord_engine_after_fork_child();
+    ord_policy_after_fork_child();
 }
 
 /* A fork happened since this module last looked: the parent's channels

@@ -366,6 +366,7 @@ typedef struct {
     char why[24];
 } ord_gov_event;
 int ord_gov_events_take(ord_gov_event *out, int max);
+void ord_policy_after_fork_child(void); /* atfork child: the event ring's lock */
 void ord_gov_event_add(const ord_gov *g, long from, long to, const char *why);
 
 /* ---- hedge.c: hedged requests (engine thread, no GIL, but the settings)

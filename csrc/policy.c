@@ -202,6 +202,14 @@ void ord_gov_event_add(const ord_gov *g, long from, long to, const char *why)
     pthread_mutex_unlock(&g_ev_mu);
 }
 
+/* pthread_atfork child handler: the engine thread may have held the lock at
+ * the fork, and it does not exist in the child; the events are the parent's. */
+void ord_policy_after_fork_child(void)
+{
+    pthread_mutex_init(&g_ev_mu, NULL);
+    g_ev_head = g_ev_len = 0;
+}
+
 int ord_gov_events_take(ord_gov_event *out, int max)
 {
     pthread_mutex_lock(&g_ev_mu);
