@@ -317,6 +317,20 @@ def chart(series_by_name, path):
     fig.savefig(path, dpi=90)
 
 
+BOUND = """## What bounds the wall time
+
+The ideal N/R counts neither the bucket's burst (25 calls at once: -0.25 s) nor the latency of
+the last calls (the slowest of the last ~40 log-normal replies, about 2.7x the median: +1.1 s):
+a client that knew R from the start would take about 1.05x. A client that does not know R must
+go past it once to learn it, and the answer carries `Retry-After: 1`: for that second no new
+attempt starts while the bucket refills only 25 calls, so at least 0.75 s of R is lost, which
+already makes 1.10x before anything else. Each later probe that finds the same level costs a
+lone process another ~0.75 s; finding a raised limit within 5 s needs a probe every few seconds.
+So 1.1x at P = 1 is out of reach of any client that obeys Retry-After and still finds a raised
+limit; with more processes a pause costs less (the others go on), and what is left is the
+spread of their finishing times."""
+
+
 def report(rows, args, path):
     lines = ["# Governor benchmark", "",
              "`%s` (%s). Server: FakeOpenRouter, token bucket R = %g calls/s, burst %g, 429 + "
@@ -345,7 +359,7 @@ def report(rows, args, path):
     if any(r.get("runs") for r in rows):
         lines += ["", "Rows of several runs show the run with the median wall time, each figure's "
                   "median and its range over the runs in brackets; `lost` adds up every run."]
-    lines += ["", "![limit and goodput over time](governor.png)", ""]
+    lines += ["", "![limit and goodput over time](governor.png)", "", BOUND, ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
 
