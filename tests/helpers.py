@@ -103,6 +103,18 @@ def run_py(code, timeout=60.0, env=None, cwd=None):
                           timeout=timeout, env=full_env, cwd=cwd or REPO)
 
 
+def first_call_error(var, value):
+    """What the first call of a fresh interpreter says with ``var=value`` in its environment:
+    settings are checked there, so a bad one must be a ValueError naming the variable."""
+    code = ("import openrouter_direct as od\n"
+            "try:\n"
+            "    od.run_openrouter('m/x', 'p')\n"
+            "except ValueError as e:\n"
+            "    print('ValueError:', e)\n")
+    done = run_py(code, env={var: value})
+    return done.stdout + done.stderr if not done.stdout.startswith("ValueError:") else done.stdout
+
+
 def chat_bodies(server, substring):
     return [r["body"] for r in server.requests_for(substring)]
 

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, arun, bounded, uniq
+from helpers import REPO, arun, bounded, first_call_error, uniq
 
 LOGGER = "openrouter_direct"
 
@@ -189,15 +189,8 @@ def test_configure_checks_its_arguments(od):
                                        ("OPENROUTER_MAX_COST", "-2"),
                                        ("OPENROUTER_ADAPTIVE", "maybe")])
 def test_bad_governor_variables_fail_the_first_call_clearly(server, var, value):
-    code = ("import openrouter_direct as od\n"
-            "try:\n"
-            "    od.run_openrouter('m/x', 'p')\n"
-            "except ValueError as e:\n"
-            "    print('ValueError:', e)\n")
-    env = dict(os.environ, **{var: value})
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
-                         text=True, timeout=60)
-    assert out.stdout.startswith("ValueError:") and var in out.stdout, out.stdout + out.stderr
+    said = first_call_error(var, value)
+    assert said.startswith("ValueError:") and var in said, said
 
 
 def test_debug_log_shows_limit_changes(od, server, caplog, concurrency_cap):

@@ -18,7 +18,7 @@ import json
 
 import pytest
 
-from helpers import arun, await_until, bound, run_py, uniq, wait_until
+from helpers import arun, await_until, bound, first_call_error, run_py, uniq, wait_until
 
 WARM = 140  # successes before the estimate is trusted: 128
 SLOW_MS = 1000
@@ -141,13 +141,8 @@ def test_hedge_env_off_sends_one_attempt(server):
                                        ("OPENROUTER_HEDGE_BUDGET", "2"),
                                        ("OPENROUTER_HEDGE_BUDGET", "lots")])
 def test_bad_hedge_variables_fail_the_first_call_clearly(server, var, value):
-    code = ("import openrouter_direct as od\n"
-            "try:\n"
-            "    od.run_openrouter('m/x', 'p')\n"
-            "except ValueError as e:\n"
-            "    print('ValueError:', e)\n")
-    done = run_py(code, env={var: value})
-    assert done.stdout.startswith("ValueError:") and var in done.stdout, done.stdout + done.stderr
+    said = first_call_error(var, value)
+    assert said.startswith("ValueError:") and var in said, said
 
 
 def test_configure_checks_and_reports_the_hedge_settings(od):
