@@ -4,7 +4,7 @@
  * od.metrics() reports p50/p95 latency over the interval since its last
  * read, which the cumulative quantiles of stats() cannot give: it keeps the
  * previous bucket counts and subtracts. This file only copies the counts out
- * (engine.c owns them, under its stats mutex) and names each bucket's value;
+ * (stats.c owns them, under its stats mutex) and names each bucket's value;
  * the subtraction and the quantiles are a few hundred integers once per
  * training step, done in _metrics.py.
  *
