@@ -28,7 +28,8 @@
  *     reader.c    the one-pass reader of a successful reply's usual shape.
  *   deliver.c   completion queues: engine -> waiter, in batches (any thread).
  *   channel.c   the Python Channel type: a loop's queue, resolving its futures.
- *   metrics.c   the latency histogram as Python objects, for od.metrics() intervals.
+ *   metrics.c   the engine's figures as Python objects: stats(), and the
+ *               latency histogram for od.metrics() intervals.
  *
  * Within a stage the calls run one way: request.c -> endpoint.c -> env.c,
  * request.c -> headers.c -> reqlife.c, request.c -> jsonw.c (which needs
@@ -454,7 +455,8 @@ uint64_t ord_next_seq(void);
 size_t ord_engine_hist_copy(uint32_t *out, size_t n);
 double ord_engine_hist_value(size_t b);
 
-/* ---- metrics.c (GIL held): the histogram for od.metrics() */
+/* ---- metrics.c (GIL held): stats() and the histogram for od.metrics() */
+PyObject *ord_mod_stats(PyObject *module, PyObject *ignored);
 PyObject *ord_mod_latency_histogram(PyObject *module, PyObject *ignored);
 PyObject *ord_mod_latency_buckets(PyObject *module, PyObject *ignored);
 
