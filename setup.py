@@ -15,8 +15,8 @@ from setuptools import Extension, setup
 
 SYSTEM_PACKAGES = "libcurl4-openssl-dev libcjson-dev pkg-config"
 SOURCES = ["module.c", "request.c", "env.c", "endpoint.c", "jsonw.c", "headers.c", "reqlife.c",
-           "engine.c", "policy.c", "hedge.c", "response.c", "reader.c", "deliver.c", "channel.c",
-           "metrics.c"]
+           "engine.c", "call.c", "hedge_run.c", "queue.c", "handles.c", "sockets.c", "stats.c",
+           "policy.c", "hedge.c", "response.c", "reader.c", "deliver.c", "channel.c", "metrics.c"]
 
 
 def pkg_config(*args):
@@ -71,7 +71,7 @@ def extension():
     return Extension(
         "openrouter_direct._native",
         sources=[os.path.join("csrc", s) for s in SOURCES],
-        depends=[os.path.join("csrc", "ord.h")],
+        depends=[os.path.join("csrc", h) for h in ("ord.h", "engine_int.h")],
         define_macros=[("ORD_USER_AGENT", f'"openrouter_direct/{series}"')],
         extra_compile_args=cflags + compile_args,
         extra_link_args=ldflags + link_args + ["-lm", "-lpthread"],

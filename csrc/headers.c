@@ -75,7 +75,7 @@ static int build_headers(ord_req *r, const char *key, PyObject *extra, const cha
         {"Content-Type", "application/json"},
         /* In the list rather than CURLOPT_USERAGENT, which libcurl formats
          * into a header line of its own on every transfer, byte by byte
-         * (engine.c still sets it for a proxy's CONNECT, which does not see
+         * (handles.c still sets it for a proxy's CONNECT, which does not see
          * this list). */
         {"User-Agent", ORD_USER_AGENT},
     };

@@ -7,7 +7,7 @@
  * once an attempt has been on the wire longer than a high percentile
  * (OPENROUTER_HEDGE, say p99) of what recent attempts to the same endpoint
  * and model took, the engine sends the same request again; the first reply
- * wins and the other transfer is aborted (engine.c runs that part). This file
+ * wins and the other transfer is aborted (hedge_run.c runs that part). This file
  * holds the policy:
  *
  * - The estimate. Per (endpoint, model), a histogram of the durations of

@@ -9,8 +9,15 @@
  *     jsonw.c     the JSON writer the body is written with;
  *     headers.c   the header list, shared between calls that send the same one;
  *     reqlife.c   a request's reference count, and freeing what it owns.
- *   engine.c    the native engine thread: curl multi, the process-wide cap,
- *               per-endpoint queues, cancellation (never touches Python).
+ *   engine.c    the native engine thread: its lifecycle and event loop, the
+ *               process-wide cap (never touches Python), with, sharing
+ *               engine_int.h:
+ *     call.c      a call's attempts: start, outcome, retry or finish, cancel;
+ *     hedge_run.c hedges on the wire: launch, who wins, abort the other;
+ *     queue.c     per-endpoint pending lists and governors, the backoff heap;
+ *     handles.c   easy handles and their callbacks, URL cache, buffer pool;
+ *     sockets.c   libcurl's sockets and timer on the engine's epoll set;
+ *     stats.c     counters, the latency histogram, the published gauges.
  *   policy.c    what to do after an attempt: the failure table, the retry
  *               decision, backoff, and the governor (adaptive concurrency,
  *               cooldowns, rate-limit waits, the cost guard). No GIL.
@@ -21,11 +28,14 @@
  *     reader.c    the one-pass reader of a successful reply's usual shape.
  *   deliver.c   completion queues: engine -> waiter, in batches (any thread).
  *   channel.c   the Python Channel type: a loop's queue, resolving its futures.
- *   metrics.c   the latency histogram as Python objects, for od.metrics() intervals.
+ *   metrics.c   the engine's figures as Python objects: stats(), and the
+ *               latency histogram for od.metrics() intervals.
  *
  * Within a stage the calls run one way: request.c -> endpoint.c -> env.c,
  * request.c -> headers.c -> reqlife.c, request.c -> jsonw.c (which needs
- * nothing); response.c -> reader.c; channel.c -> deliver.c.
+ * nothing); response.c -> reader.c; channel.c -> deliver.c; engine.c ->
+ * call.c <-> hedge_run.c -> queue.c, handles.c -> sockets.c, stats.c (the
+ * one pair that calls both ways: engine_int.h says why).
  *
  * The rule that keeps it correct: a struct ord_req never points at a Python
  * object. Python references live only in structures touched with the GIL held
@@ -216,7 +226,7 @@ typedef struct ord_req {
     int inflight_budget;          /* a 402 whose limit_source is the in-flight budget */
     struct ord_gov *gov;          /* engine thread: its endpoint's governor */
     int rl_waits;                 /* attempts turned away by a rate limit (not retries) */
-    /* Hedging (engine.c). A hedge is an ord_req of its own whose request
+    /* Hedging (hedge_run.c). A hedge is an ord_req of its own whose request
      * fields (url, body, headers, ...) are borrowed from its call: it never
      * outlives the call's time in the engine, since finishing a call drops
      * its hedge first. */
@@ -394,11 +404,11 @@ void ord_hedge_credit(ord_hedges *t);               /* a call ended */
 int ord_hedge_take(ord_hedges *t, const ord_gov *g, const ord_hest *h, int64_t now);
 void ord_hedge_refund(ord_hedges *t);               /* a hedge that never went */
 
-/* policy.c, for hedge.c and engine.c */
+/* policy.c, for hedge.c and the engine */
 int ord_gov_holding(const ord_gov *g, int64_t now, int64_t quiet_ms);
 int ord_rate_limit_answer(const ord_req *r, ord_reason reason);
 
-/* ---- engine.c */
+/* ---- the engine: engine.c; the figures (ord_stats, the histogram) in stats.c */
 typedef struct {
     uint64_t calls, succeeded, failed, cancelled, retries;
     /* hedges: sent, won, aborted (either attempt, when the other won),
@@ -446,7 +456,8 @@ uint64_t ord_next_seq(void);
 size_t ord_engine_hist_copy(uint32_t *out, size_t n);
 double ord_engine_hist_value(size_t b);
 
-/* ---- metrics.c (GIL held): the histogram for od.metrics() */
+/* ---- metrics.c (GIL held): stats() and the histogram for od.metrics() */
+PyObject *ord_mod_stats(PyObject *module, PyObject *ignored);
 PyObject *ord_mod_latency_histogram(PyObject *module, PyObject *ignored);
 PyObject *ord_mod_latency_buckets(PyObject *module, PyObject *ignored);
 
