@@ -34,7 +34,7 @@
  *   OPENROUTER_RATE_LIMIT_WAIT.
  *
  * The one rule: governor state is the engine thread's alone; other threads
- * see only the copies engine.c publishes under its stats lock, and the
+ * see only the copies stats.c publishes under its stats lock, and the
  * settings below, which are atomics.
  */
 #include "ord.h"
@@ -541,7 +541,7 @@ ord_next ord_policy_after(ord_gov *g, ord_req *r, ord_reason *reason, long http_
         return ORD_NEXT_FINISH;
     int64_t wait;
     if (r->retry_after_ms >= 0)
-        wait = r->retry_after_ms; /* capped where it is read (engine.c, on_header) */
+        wait = r->retry_after_ms; /* capped where it is read (handles.c, on_header) */
     else
         wait = backoff_ms(r, spent, rng);
     *due = now + wait;
