@@ -225,8 +225,11 @@ async def hedge_paths(base, r):
         srv.script(fault="stall", match=tag + "a")                   # the hedge wins
         srv.script(reply="first", match=tag + "b", delay_ms=300)     # the call's attempt wins
         srv.script(fault="stall", match=tag + "b", times=2)
-        srv.script(status=400, match=tag + "c", delay_ms=300)        # a hedge stands in
-        srv.script(reply="hedged", match=tag + "c", delay_ms=400, times=2)
+        # a hedge stands in: the call's attempt fails once its hedge is on the wire and before
+        # the hedge answers, whatever delay the estimate learned (valgrind stretches it past
+        # 300 ms, and then no hedge was sent before the failure)
+        srv.script(status=400, match=tag + "c", delay_ms=3000)
+        srv.script(reply="hedged", match=tag + "c", delay_ms=3500, times=2)
         srv.script(status=400, match=tag + "d", delay_ms=300, times=3)  # all fail
         srv.script(fault="stall", match=tag + "e")                   # raw: the hedge wins
         out = await asyncio.gather(
