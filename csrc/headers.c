@@ -113,9 +113,7 @@ static int build_headers(ord_req *r, const char *key, PyObject *extra, const cha
         return -1;
     }
     if (rc == 1)
-        ord_req_fail(r, ORD_BAD_HEADER, 0,
-                     "a header value contains CR or LF (OPENROUTER_TITLE, OPENROUTER_REFERER, the "
-                     "API key or extra_headers); the call was not sent");
+        ord_req_fail(r, ORD_BAD_HEADER, 0, ORD_BAD_HEADER_MESSAGE);
     return rc;
 }
 

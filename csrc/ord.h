@@ -60,6 +60,11 @@
 #endif
 
 /* ---- limits and defaults, named once */
+/* The reason a header is refused (headers.c); the request fuzzer checks that
+ * a refusal says it. */
+#define ORD_BAD_HEADER_MESSAGE                                                                     \
+    "a header value contains CR or LF (OPENROUTER_TITLE, OPENROUTER_REFERER, the API key or "      \
+    "extra_headers); the call was not sent"
 #define ORD_RETRY_AFTER_CAP_MS 60000      /* longest Retry-After honoured */
 #define ORD_RATE_LIMIT_WAIT_S 600.0       /* OPENROUTER_RATE_LIMIT_WAIT default */
 #define ORD_DEFAULT_BASE "https://openrouter.ai/api/v1" /* OPENAI_API_BASE default */

@@ -91,7 +91,10 @@ static void check_request(ord_req *r, PyObject *args, const char *key)
     if (r->message && key && strlen(key) >= KEY_MIN_LEN && strstr(r->message, key))
         fail("the key appears in a failure message", r->message);
     if (r->reason == ORD_BAD_HEADER) {
-        if (!r->message || !strstr(r->message, "CR or LF"))
+        /* A key that is itself a piece of the reason is masked in it, as a key is
+         * everywhere (the fuzzer learns "CR or LF" from this very check). */
+        int masked = key && *key && strstr(ORD_BAD_HEADER_MESSAGE, key);
+        if (!r->message || (!strstr(r->message, "CR or LF") && !masked))
             fail("a refused header without saying why", r->message);
         return;
     }
